@@ -1,0 +1,15 @@
+"""keras-peft: parameter-efficient fine-tuning for Keras 3 and keras-hub."""
+
+from keras_peft import layers
+from keras_peft.core.adapter_io import load_adapter
+from keras_peft.core.adapter_io import save_adapter
+from keras_peft.core.config import PeftConfig
+from keras_peft.core.config import config_from_dict
+from keras_peft.core.injection import applied_configs
+from keras_peft.core.injection import apply
+from keras_peft.core.summary import TrainableSummary
+from keras_peft.core.summary import trainable_summary
+from keras_peft.lora import LoRAConfig
+from keras_peft.lora import merge_lora
+from keras_peft.lora import unmerge_lora
+from keras_peft.version import __version__

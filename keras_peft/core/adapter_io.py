@@ -1,0 +1,294 @@
+"""Adapter-only bundles: a JSON config plus the weights that train."""
+
+import hashlib
+import json
+import os
+import re
+import zipfile
+
+import keras
+import numpy as np
+
+from keras_peft.core import architectures
+from keras_peft.core import config as config_lib
+from keras_peft.core import injection
+from keras_peft.core import state as state_lib
+from keras_peft.core.atomic_dir import atomic_directory
+from keras_peft.version import __version__
+
+FORMAT = "keras-peft-adapter"
+FORMAT_VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_weights.npz"
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _normalized(path):
+    """A variable path with Keras' automatic `_N` name suffixes removed.
+
+    Auto-named layers (T5's layer norms, for example) get a process-wide
+    counter in their name, so two instances of one model differ there.
+    """
+    return re.sub(r"_\d+(?=/|$)", "", path)
+
+
+def _may_replace(path):
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"Cannot save an adapter to {path!r}: it exists and is not a "
+            "directory."
+        )
+    if os.listdir(path) and not os.path.exists(os.path.join(path, CONFIG_FILE)):
+        raise ValueError(
+            f"Cannot save an adapter to {path!r}: it is a non-empty "
+            "directory that does not hold a keras-peft adapter."
+        )
+    return True
+
+
+def save_adapter(model, path):
+    """Saves only what trains: adapter weights, trainable head, JSON config.
+
+    Writes a directory with `adapter_config.json` (the method configs, the
+    architecture and the list of variables) and `adapter_weights.npz`. The
+    write is atomic: the directory is either the old one or the complete new
+    one, never half-written. A directory holding an older adapter is
+    replaced; any other existing path is refused.
+
+    Args:
+        model: a model keras-peft methods were applied to.
+        path: str. The directory to write.
+
+    Example:
+    ```python
+    keras_peft.save_adapter(classifier, "adapters/sst2")
+    ```
+    """
+    context = architectures.resolve_model(model)
+    state = state_lib.get_state(context.backbone)
+    if state is None:
+        raise ValueError(
+            f"{type(model).__name__} has no keras-peft adapter applied; "
+            "call `keras_peft.apply` first."
+        )
+    variables = [v for v in context.model.weights if v.trainable]
+    arrays, entries = {}, []
+    for index, variable in enumerate(variables):
+        key = f"v{index:04d}"
+        arrays[key] = _to_numpy(variable)
+        entries.append(
+            {
+                "key": key,
+                "path": variable.path,
+                "shape": list(variable.shape),
+                "dtype": str(variable.dtype),
+            }
+        )
+    with atomic_directory(path, _may_replace) as tmp:
+        weights_path = os.path.join(tmp, WEIGHTS_FILE)
+        with open(weights_path, "wb") as f:
+            np.savez(f, **arrays)
+        document = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "keras_peft_version": __version__,
+            "architecture": context.architecture.name,
+            "backbone_class": type(context.backbone).__name__,
+            "model_class": type(context.model).__name__,
+            "backbone_signature": context.architecture.signature(
+                context.backbone
+            ),
+            "configs": [config.to_dict() for config in state.configs],
+            "weights_file": WEIGHTS_FILE,
+            "weights_sha256": _sha256(weights_path),
+            "variables": entries,
+        }
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(document, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
+def _to_numpy(variable):
+    value = np.asarray(keras.ops.convert_to_numpy(variable.value))
+    # bfloat16 has no portable NumPy dtype; float32 holds it exactly.
+    if value.dtype.kind not in "biu":
+        value = value.astype("float32")
+    return value
+
+
+class _Bundle:
+    """A validated adapter directory."""
+
+    def __init__(self, document, arrays, configs):
+        self.document = document
+        self.arrays = arrays
+        self.configs = configs
+
+
+def _read_bundle(path):
+    def fail(reason):
+        raise ValueError(f"Cannot load adapter {path!r}: {reason}")
+
+    if not os.path.isdir(path):
+        fail("no such directory.")
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        fail(f"missing {CONFIG_FILE}.")
+    try:
+        with open(config_path) as f:
+            document = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        fail(f"{CONFIG_FILE} is corrupted ({e}).")
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        fail(f"{CONFIG_FILE} is not a keras-peft adapter config.")
+    if document.get("format_version") != FORMAT_VERSION:
+        fail(
+            f"format version {document.get('format_version')!r} is not "
+            f"supported (this keras-peft reads version {FORMAT_VERSION})."
+        )
+    required = (
+        "architecture",
+        "backbone_class",
+        "backbone_signature",
+        "configs",
+        "weights_file",
+        "weights_sha256",
+        "variables",
+    )
+    missing = [key for key in required if key not in document]
+    if missing:
+        fail(f"{CONFIG_FILE} lacks {missing}.")
+    weights_path = os.path.join(path, os.path.basename(document["weights_file"]))
+    if not os.path.isfile(weights_path):
+        fail(f"missing {document['weights_file']}.")
+    if _sha256(weights_path) != document["weights_sha256"]:
+        fail(f"{document['weights_file']} is corrupted (checksum mismatch).")
+    try:
+        with np.load(weights_path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        fail(f"{document['weights_file']} is corrupted ({e}).")
+    for entry in document["variables"]:
+        array = arrays.get(entry.get("key"))
+        if array is None or list(array.shape) != list(entry.get("shape", [])):
+            fail(f"weights of {entry.get('path')!r} are missing or malformed.")
+    configs = tuple(config_lib.config_from_dict(c) for c in document["configs"])
+    if not configs:
+        fail("it holds no method config.")
+    return _Bundle(document, arrays, configs)
+
+
+def _describe_signature(signature):
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(signature.items()))
+
+
+def load_adapter(model, path):
+    """Loads an adapter saved by `save_adapter` into a model.
+
+    Applies the saved configs first if the model has none, then loads the
+    weights. Everything is checked before any weight changes: a missing or
+    corrupted directory, another architecture or model size, another method
+    or another config (such as a different rank) raises a `ValueError` and
+    leaves the model as it was.
+
+    Args:
+        model: a model with the same base weights as the one saved from.
+        path: str. The adapter directory.
+
+    Returns:
+        The same `model`.
+
+    Example:
+    ```python
+    fresh = keras_hub.models.BertTextClassifier(backbone, num_classes=2)
+    keras_peft.load_adapter(fresh, "adapters/sst2")
+    ```
+    """
+    bundle = _read_bundle(path)
+    document = bundle.document
+    context = architectures.resolve_model(model)
+    architecture = context.architecture
+    if (
+        document["architecture"] != architecture.name
+        or document["backbone_class"] != type(context.backbone).__name__
+    ):
+        raise ValueError(
+            f"Cannot load adapter {path!r}: it was saved for a "
+            f"{document['backbone_class']} ({document['architecture']}), not "
+            f"a {type(context.backbone).__name__}."
+        )
+    signature = architecture.signature(context.backbone)
+    if document["backbone_signature"] != signature:
+        raise ValueError(
+            f"Cannot load adapter {path!r}: it was saved for a "
+            f"{document['backbone_class']} with "
+            f"{_describe_signature(document['backbone_signature'])}; this "
+            f"model has {_describe_signature(signature)}."
+        )
+
+    applied = injection.applied_configs(context.model)
+    if applied == bundle.configs:
+        plan = None
+        variables = [v for v in context.model.weights if v.trainable]
+    elif not applied:
+        plan = injection.plan(context.model, bundle.configs)
+        variables = plan.trainable_variables_after()
+    else:
+        differences = "; ".join(
+            theirs.describe_difference(mine)
+            for mine, theirs in zip(applied, bundle.configs)
+            if mine != theirs
+        ) or (f"{len(applied)} configs instead of {len(bundle.configs)}")
+        raise ValueError(
+            f"Cannot load adapter {path!r}: the model already has different "
+            f"adapters applied (the model has {differences}). Load it into a "
+            "model without adapters, or one with the same configs."
+        )
+
+    try:
+        pairs = _match(path, document["variables"], variables, bundle.arrays)
+    except BaseException:
+        if plan is not None:
+            plan.abandon()
+        raise
+    for variable, value in pairs:
+        variable.assign(value.astype(variable.dtype))
+    if plan is not None:
+        plan.install()
+    return model
+
+
+def _match(path, entries, variables, arrays):
+    """Pairs saved entries with model variables, checking shapes and paths."""
+    if len(entries) != len(variables):
+        saved = {_normalized(e["path"]) for e in entries}
+        have = {_normalized(v.path) for v in variables}
+        raise ValueError(
+            f"Cannot load adapter {path!r}: it holds {len(entries)} trainable "
+            f"variables but the model has {len(variables)}. Only in the "
+            f"file: {sorted(saved - have)}; only in the model: "
+            f"{sorted(have - saved)}."
+        )
+    pairs = []
+    for entry, variable in zip(entries, variables):
+        if _normalized(entry["path"]) != _normalized(variable.path):
+            raise ValueError(
+                f"Cannot load adapter {path!r}: saved variable "
+                f"{entry['path']!r} does not correspond to the model's "
+                f"{variable.path!r}."
+            )
+        if tuple(entry["shape"]) != tuple(variable.shape):
+            raise ValueError(
+                f"Cannot load adapter {path!r}: variable {entry['path']!r} "
+                f"has shape {tuple(entry['shape'])} in the file but "
+                f"{tuple(variable.shape)} in the model."
+            )
+        pairs.append((variable, arrays[entry["key"]]))
+    return pairs

@@ -1,0 +1,123 @@
+"""The base of every method config, and the registry of methods."""
+
+import dataclasses
+import json
+import typing
+
+_METHODS = {}
+
+
+def register_method(method):
+    """Registers a method under `method.name`.
+
+    Args:
+        method: object. A `keras_peft.core.method.Method` instance, whose
+            `config_class` is the frozen dataclass of its config.
+    """
+    if method.name in _METHODS:
+        raise ValueError(f"Method {method.name!r} is already registered.")
+    _METHODS[method.name] = method
+    return method
+
+
+def get_method(name):
+    """Returns the registered method called `name`."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown keras-peft method {name!r}. "
+            f"Known methods: {sorted(_METHODS)}."
+        ) from None
+
+
+def method_of(config):
+    """Returns the registered method of a config instance."""
+    if not isinstance(config, PeftConfig):
+        raise TypeError(
+            "Expected a keras-peft config such as `keras_peft.LoRAConfig`. "
+            f"Received: {config!r} of type {type(config).__name__}."
+        )
+    return get_method(config.method)
+
+
+@dataclasses.dataclass(frozen=True)
+class PeftConfig:
+    """Base class of the frozen, JSON-serializable method configs.
+
+    Subclasses set the class variable `method` to their registered method
+    name and validate their fields in `__post_init__`.
+    """
+
+    method: typing.ClassVar[str] = ""
+
+    def to_dict(self):
+        """Returns a JSON-compatible dict that includes the method name."""
+        data = {"method": self.method}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            data[field.name] = value
+        return data
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data):
+        """Builds a config from `to_dict()` output, rejecting unknown keys."""
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"A {cls.__name__} must be read from a dict. Received: {data!r}"
+            )
+        data = dict(data)
+        method = data.pop("method", cls.method)
+        if method != cls.method:
+            raise ValueError(
+                f"Cannot read a {cls.__name__} from a config of method "
+                f"{method!r}; expected method {cls.method!r}."
+            )
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"Unknown {cls.__name__} fields {unknown}. "
+                f"Allowed fields: {sorted(names)}."
+            )
+        return cls(**data)
+
+    def describe_difference(self, other):
+        """Names the fields in which `other` differs, for error messages."""
+        if type(other) is not type(self):
+            return f"method {other.method!r} instead of {self.method!r}"
+        parts = []
+        for field in dataclasses.fields(self):
+            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            if mine != theirs:
+                parts.append(f"{field.name}={theirs!r} instead of {mine!r}")
+        return ", ".join(parts) or "no difference"
+
+
+def config_from_dict(data):
+    """Builds the config of any registered method from its `to_dict()`."""
+    if not isinstance(data, dict) or "method" not in data:
+        raise ValueError(
+            "A keras-peft config dict needs a 'method' key. "
+            f"Received: {data!r}"
+        )
+    return get_method(data["method"]).config_class.from_dict(data)
+
+
+def normalize_configs(configs):
+    """Turns one config or a sequence of them into a validated tuple."""
+    if isinstance(configs, PeftConfig):
+        configs = (configs,)
+    if not isinstance(configs, (list, tuple)) or not configs:
+        raise TypeError(
+            "Expected a keras-peft config or a non-empty list of them. "
+            f"Received: {configs!r}"
+        )
+    for config in configs:
+        method_of(config)
+    return tuple(configs)

@@ -1,0 +1,242 @@
+"""Planning and installing methods on a model: the shared mechanism.
+
+Every method goes through the same two steps. Planning validates the configs
+against the model and builds the new layers detached; nothing the model
+refers to changes. Installing swaps the new layers in and freezes the base.
+A failure while planning releases what was built, so a bad input never
+leaves a model half-modified.
+"""
+
+import contextlib
+
+import keras
+
+from keras_peft.core import architectures
+from keras_peft.core import config as config_lib
+from keras_peft.core import freezing
+from keras_peft.core import layer_tree
+from keras_peft.core import state as state_lib
+from keras_peft.core import surgery
+from keras_peft.layers.adapter_layer import AdapterLayer
+
+
+class Plan:
+    """Configs planned on a model, ready to install.
+
+    Args:
+        context: the `ModelContext` of the model.
+        configs: tuple. The new configs.
+        method_plans: tuple of `MethodPlan`, one per new config.
+        original_trainable: the backbone's trainable flags before keras-peft
+            first touched it.
+    """
+
+    def __init__(self, context, configs, method_plans, original_trainable):
+        self.context = context
+        self.configs = configs
+        self.method_plans = method_plans
+        self.original_trainable = original_trainable
+        self.replacements = tuple(
+            r for plan in method_plans for r in plan.replacements
+        )
+
+    @property
+    def _replacement_map(self):
+        return {id(r.old): r.new for r in self.replacements}
+
+    def _state_after(self):
+        previous = state_lib.get_state(self.context.backbone)
+        configs = (previous.configs if previous else ()) + self.configs
+        groups = (previous.trainable_base_variables if previous else []) + [
+            tuple(p.trainable_base_variables) for p in self.method_plans
+        ]
+        return state_lib.PeftState(configs, groups, self.original_trainable)
+
+    def _trainable_ids_after(self, state):
+        adapters = [
+            layer
+            for layer in layer_tree.layers_in_order(
+                self.context.backbone, self._replacement_map
+            )
+            if isinstance(layer, AdapterLayer)
+        ]
+        return freezing.trainable_ids(adapters, state.trainable_base_variables)
+
+    def trainable_variables_after(self):
+        """The model's trainable variables, in `weights` order, once installed.
+
+        Backbone variables train if an adapter owns them or a config keeps
+        them; variables outside the backbone (a task head) keep their flag.
+        """
+        keep = self._trainable_ids_after(self._state_after())
+        backbone_ids = {
+            id(v)
+            for v in layer_tree.weights_in_order(
+                self.context.backbone, self._replacement_map
+            )
+        }
+        return [
+            v
+            for v in layer_tree.weights_in_order(
+                self.context.model, self._replacement_map
+            )
+            if (id(v) in keep if id(v) in backbone_ids else v.trainable)
+        ]
+
+    def install(self):
+        """Swaps the new layers in and freezes the base. Cannot fail midway:
+        everything it relies on was checked while planning."""
+        state = self._state_after()
+        for replacement in self.replacements:
+            surgery.replace_layer(
+                self.context.model, replacement.old, replacement.new
+            )
+        freezing.set_backbone_trainable(
+            self.context.backbone, self._trainable_ids_after(state)
+        )
+        state_lib.set_state(self.context.backbone, state)
+        surgery.forget_compiled_functions(self.context.model)
+
+    def abandon(self):
+        """Releases the detached layers, undoing what building them did."""
+        for replacement in self.replacements:
+            release = getattr(replacement.new, "release", None)
+            if release is not None:
+                release()
+
+
+def plan(model, configs):
+    """Validates `configs` against `model` and builds their layers detached.
+
+    Args:
+        model: a supported backbone or task.
+        configs: a config or a list of configs.
+
+    Returns:
+        A `Plan`; call `install()` to apply it or `abandon()` to drop it.
+    """
+    context = architectures.resolve_model(model)
+    configs = config_lib.normalize_configs(configs)
+    previous = state_lib.get_state(context.backbone)
+    original = (
+        previous.original_trainable
+        if previous
+        else freezing.snapshot_trainable(context.backbone)
+    )
+    method_plans = []
+    try:
+        for config in configs:
+            method = config_lib.method_of(config)
+            method_plans.append(method.plan(context, config))
+        _check_disjoint(method_plans)
+    except BaseException:
+        Plan(context, (), tuple(method_plans), original).abandon()
+        raise
+    return Plan(context, configs, tuple(method_plans), original)
+
+
+def _check_disjoint(method_plans):
+    seen = {}
+    for method_plan in method_plans:
+        for replacement in method_plan.replacements:
+            if id(replacement.old) in seen:
+                raise ValueError(
+                    f"Two configs target the same layer "
+                    f"{replacement.old.path!r}; each layer can be adapted "
+                    "by one config only."
+                )
+            seen[id(replacement.old)] = replacement
+
+
+def apply(model, configs):
+    """Applies one or more methods to a keras-hub model, in place.
+
+    Wraps the targeted layers, freezes everything of the backbone except the
+    new weights (and what a config keeps trainable, such as LoRA biases), and
+    leaves layers of a task outside its backbone (the classification head)
+    trainable. The model computes exactly what it computed before until it
+    trains. Compile (or re-compile) the model after applying.
+
+    Args:
+        model: a `keras_hub.models.BertBackbone` or `T5Backbone`, or a task
+            holding one as `backbone` (`BertTextClassifier`, `BertMaskedLM`,
+            `T5Seq2SeqLM`), with or without a preprocessor.
+        configs: a method config such as `keras_peft.LoRAConfig()`, or a list
+            of configs.
+
+    Returns:
+        The same `model`.
+
+    Example:
+    ```python
+    classifier = keras_hub.models.BertTextClassifier(backbone, num_classes=2)
+    keras_peft.apply(classifier, keras_peft.LoRAConfig(rank=8, alpha=16))
+    print(keras_peft.trainable_summary(classifier))
+    ```
+    """
+    plan(model, configs).install()
+    return model
+
+
+def remove_method(model, method_name, layer_fn):
+    """Takes every adapter layer of one method back out of a model.
+
+    Args:
+        model: a model the method was applied to.
+        method_name: str. The method whose configs are dropped.
+        layer_fn: callable. Called with each adapter layer of the method;
+            returns the layer to put back in its place.
+    """
+    context = architectures.resolve_model(model)
+    state = state_lib.get_state(context.backbone)
+    layers = [
+        layer
+        for layer, _ in layer_tree.iter_layers(context.model)
+        if isinstance(layer, AdapterLayer) and layer.method == method_name
+    ]
+    for layer in layers:
+        surgery.replace_layer(context.model, layer, layer_fn(layer))
+    if state is None:
+        return
+    kept = [
+        (config, group)
+        for config, group in zip(state.configs, state.trainable_base_variables)
+        if config.method != method_name
+    ]
+    if not kept:
+        freezing.restore_trainable(state.original_trainable)
+        state_lib.set_state(context.backbone, None)
+        return
+    state = state_lib.PeftState(
+        tuple(c for c, _ in kept), [g for _, g in kept], state.original_trainable
+    )
+    adapters = [
+        layer
+        for layer, _ in layer_tree.iter_layers(context.backbone)
+        if isinstance(layer, AdapterLayer)
+    ]
+    freezing.set_backbone_trainable(
+        context.backbone,
+        freezing.trainable_ids(adapters, state.trainable_base_variables),
+    )
+    state_lib.set_state(context.backbone, state)
+
+
+@contextlib.contextmanager
+def scope_of(path):
+    """Opens the name scope of the layer at `path`'s parent, so a layer built
+    inside it gets the path (and variable paths) of a sibling there."""
+    parent, _, _ = path.rpartition("/")
+    if not parent:
+        yield
+        return
+    grandparent, _, last = parent.rpartition("/")
+    with keras.name_scope(last, override_parent=grandparent):
+        yield
+
+
+def applied_configs(model):
+    """The configs applied to `model` (a backbone or task), in order."""
+    context = architectures.resolve_model(model)
+    state = state_lib.get_state(context.backbone)
+    return state.configs if state else ()

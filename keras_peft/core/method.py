@@ -1,0 +1,42 @@
+"""What every method provides to the shared injection mechanism."""
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Replacement:
+    """Swap `old` for the built, not yet installed layer `new`."""
+
+    old: object
+    new: object
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodPlan:
+    """What one config asks of a model.
+
+    Args:
+        replacements: tuple of `Replacement`. Layers to swap in.
+        trainable_base_variables: tuple of variables of the base model that
+            the config keeps trainable (for example LoRA's `bias="all"`).
+    """
+
+    replacements: tuple = ()
+    trainable_base_variables: tuple = ()
+
+
+class Method:
+    """A fine-tuning method: a config class and how to plan it on a model.
+
+    Subclasses set `name` and `config_class` and implement `plan`, which must
+    validate everything and create its new layers detached (built, with
+    their variables, but not yet referenced by the model): the shared
+    mechanism installs them only once every config has planned cleanly.
+    """
+
+    name = ""
+    config_class = None
+
+    def plan(self, context, config):
+        """Returns a `MethodPlan` for `config` on `context` (a ModelContext)."""
+        raise NotImplementedError

@@ -1,0 +1,100 @@
+"""Counting trainable parameters."""
+
+import dataclasses
+import math
+
+from keras_peft.core import architectures
+from keras_peft.core import layer_tree
+from keras_peft.layers.adapter_layer import AdapterLayer
+
+
+def _size(variable):
+    return math.prod(variable.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainableSummary:
+    """Trainable and total parameter counts of a model.
+
+    Args:
+        model_name: str. The model's class name.
+        trainable: int. Parameters that train.
+        total: int. All parameters (shared weights counted once).
+        groups: tuple of `(name, count)`. Trainable parameters by owner: one
+            entry per method (adapter weights), `"head"` (task layers outside
+            the backbone) and `"base"` (backbone weights left trainable, such
+            as LoRA biases).
+    """
+
+    model_name: str
+    trainable: int
+    total: int
+    groups: tuple
+
+    @property
+    def fraction(self):
+        """`trainable / total`."""
+        return self.trainable / self.total if self.total else 0.0
+
+    def __str__(self):
+        width = max(len(f"{self.total:,}"), 9)
+        lines = [f"Trainable parameters of {self.model_name}"]
+        for name, count in self.groups:
+            lines.append(f"  {name:<12}{count:>{width},}")
+        lines.append(f"  {'trainable':<12}{self.trainable:>{width},}")
+        lines.append(f"  {'total':<12}{self.total:>{width},}")
+        lines.append(f"  {'fraction':<12}{self.fraction:>{width}.4%}")
+        return "\n".join(lines)
+
+
+def trainable_summary(model):
+    """Counts a model's trainable parameters, by method, head and base.
+
+    Args:
+        model: any Keras model; a supported keras-hub backbone or task gets
+            its head counted apart from its backbone.
+
+    Returns:
+        A `TrainableSummary` with `.trainable`, `.total` and `.fraction`;
+        `str()` of it is a readable table.
+
+    Example:
+    ```python
+    summary = keras_peft.trainable_summary(classifier)
+    print(summary)            # table
+    summary.trainable, summary.fraction
+    ```
+    """
+    try:
+        backbone = architectures.resolve_model(model).backbone
+    except ValueError:
+        backbone = model
+    backbone_ids = {id(v) for v in backbone.weights}
+    owners = {}
+    for layer, _ in layer_tree.iter_layers(model):
+        if isinstance(layer, AdapterLayer):
+            for variable in layer.adapter_variables:
+                owners[id(variable)] = layer.method
+
+    counts = {}
+    trainable = total = 0
+    for variable in model.weights:
+        size = _size(variable)
+        total += size
+        if not variable.trainable:
+            continue
+        trainable += size
+        if id(variable) in owners:
+            group = owners[id(variable)]
+        elif id(variable) in backbone_ids:
+            group = "base"
+        else:
+            group = "head"
+        counts[group] = counts.get(group, 0) + size
+    order = sorted(counts, key=lambda g: (g in ("head", "base"), g))
+    return TrainableSummary(
+        model_name=type(model).__name__,
+        trainable=trainable,
+        total=total,
+        groups=tuple((g, counts[g]) for g in order),
+    )

@@ -1,0 +1,101 @@
+"""Swapping one layer for another everywhere a model refers to it."""
+
+import keras
+
+from keras_peft.core import layer_tree
+
+
+def _references(root, old):
+    """Finds every place under `root` that refers to the layer `old`.
+
+    Returns a list of `(kind, holder, key)` tuples: `"tracked"` (a parent's
+    tracked sub-layer list), `"attr"` (an attribute), `"item"` (an element of
+    a list or dict attribute) and `"node"` (the operation of a functional
+    graph node, or an entry of the functional's operation lists).
+    """
+    refs = []
+    for layer, _ in layer_tree.iter_layers(root):
+        if any(child is old for child in layer._layers):
+            refs.append(("tracked", layer, None))
+        for name, value in list(vars(layer).items()):
+            if name in ("_layers", "_operations", "_tracker"):
+                continue
+            if value is old:
+                refs.append(("attr", layer, name))
+            elif isinstance(value, (list, tuple)):
+                for index, item in enumerate(value):
+                    if item is old:
+                        refs.append(("item", value, index))
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    if item is old:
+                        refs.append(("item", value, key))
+        if layer_tree.is_functional(layer):
+            for nodes in layer._nodes_by_depth.values():
+                for node in nodes:
+                    if node.operation is old:
+                        refs.append(("node", node, "operation"))
+            for index, operation in enumerate(layer._operations):
+                if operation is old:
+                    refs.append(("item", layer._operations, index))
+            for operations in layer._operations_by_depth.values():
+                for index, operation in enumerate(operations):
+                    if operation is old:
+                        refs.append(("item", operations, index))
+    return refs
+
+
+def check_replaceable(root, old):
+    """Raises a `ValueError` if `old` cannot be swapped out under `root`."""
+    refs = _references(root, old)
+    if not any(kind == "tracked" for kind, _, _ in refs):
+        raise ValueError(
+            f"Layer {old.path or old.name!r} is not a tracked sub-layer of "
+            f"{type(root).__name__}; keras-peft cannot replace it."
+        )
+    for kind, holder, _ in refs:
+        if kind == "item" and isinstance(holder, tuple):
+            raise ValueError(
+                f"Layer {old.path or old.name!r} is held in a tuple, which "
+                "keras-peft cannot edit in place."
+            )
+
+
+def replace_layer(root, old, new):
+    """Makes `root` use the layer `new` wherever it used `old`.
+
+    Updates the tracked sub-layer lists (so `weights` and saving see `new`),
+    attributes and list/dict attributes (so Python `call` code uses `new`) and
+    functional graph nodes (so a functional model's graph calls `new`).
+
+    Args:
+        root: the model that holds `old`.
+        old: the layer to swap out.
+        new: a built layer with the same call signature.
+    """
+    check_replaceable(root, old)
+    for kind, holder, key in _references(root, old):
+        if kind == "tracked":
+            holder._tracker.replace_tracked_value("layers", old, new)
+        elif kind == "attr":
+            setattr(holder, key, new)
+        elif kind == "item":
+            holder[key] = new
+        else:
+            setattr(holder, key, new)
+    forget_compiled_functions(root)
+
+
+def forget_compiled_functions(model):
+    """Drops traced functions that would still run the old layers."""
+    if not isinstance(model, keras.Model):
+        return
+    for name in (
+        "train_function",
+        "test_function",
+        "predict_function",
+        "generate_function",
+    ):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
+

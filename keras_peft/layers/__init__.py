@@ -1,0 +1,4 @@
+"""Keras layers of keras-peft, usable directly in any Keras model."""
+
+from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.lora_dense import LoRADense

@@ -1,0 +1,346 @@
+"""LoRA: a trainable low-rank update beside a frozen dense layer."""
+
+import math
+import string
+
+import keras
+from keras import ops
+
+from keras_peft.layers.adapter_layer import AdapterLayer
+
+_DENSE_EQUATION = "...a,ab->...b"
+
+
+def _is_linear(activation):
+    return activation is None or activation is keras.activations.linear
+
+
+def _parse_equation(equation):
+    """Splits a dense einsum equation into LoRA's down/up/merge equations.
+
+    The kernel's axes that the input shares are the ones LoRA's down matrix
+    `A` contracts; the rest are the output axes LoRA's up matrix `B` spans.
+    """
+    try:
+        inputs, output = equation.split("->")
+        input_spec, kernel_spec = inputs.split(",")
+    except ValueError:
+        raise ValueError(
+            f"Cannot apply LoRA to einsum equation {equation!r}: expected "
+            "the form 'input,kernel->output'."
+        ) from None
+    in_axes = "".join(c for c in kernel_spec if c in input_spec)
+    out_axes = "".join(c for c in kernel_spec if c not in input_spec)
+    shared = [c for c in in_axes if c in output]
+    missing = [c for c in out_axes if c not in output]
+    if shared or missing or not in_axes or not out_axes:
+        raise ValueError(
+            f"Cannot apply LoRA to einsum equation {equation!r}: the kernel "
+            "must split into axes contracted with the input and axes that "
+            "appear in the output."
+        )
+    used = set(equation)
+    rank_axis = next(c for c in string.ascii_lowercase if c not in used)
+    rest = input_spec
+    for axis in in_axes:
+        rest = rest.replace(axis, "")
+    return {
+        "in_axes": [kernel_spec.index(c) for c in in_axes],
+        "out_axes": [kernel_spec.index(c) for c in out_axes],
+        "down": f"{input_spec},{in_axes}{rank_axis}->{rest}{rank_axis}",
+        "up": f"{rest}{rank_axis},{rank_axis}{out_axes}->{output}",
+        "merge": f"{in_axes}{rank_axis},{rank_axis}{out_axes}->{kernel_spec}",
+    }
+
+
+@keras.saving.register_keras_serializable(package="keras_peft")
+class LoRADense(AdapterLayer):
+    """A frozen `Dense` or `EinsumDense` plus a trainable low-rank update.
+
+    Computes `activation(base(x) + scale * dropout(x) @ A @ B)`, where `base`
+    is the frozen layer without its activation, `A` (input width x `rank`)
+    starts He-uniform and `B` (`rank` x output width) starts at zero, so the
+    layer computes exactly what `base` computed until it trains. `scale` is
+    `alpha / rank`, or `alpha / sqrt(rank)` with `use_rslora=True`. For an
+    `EinsumDense`, `A` spans the kernel axes contracted with the input and
+    `B` the kernel axes of the output, so a `(d, heads, head_dim)` attention
+    projection gets `A: (d, rank)` and `B: (rank, heads, head_dim)`.
+
+    `A` and `B` are float32 whatever the dtype policy. `merge()` folds the
+    update into the base kernel (no inference cost); `unmerge()` takes it out.
+
+    Args:
+        units: int. Output width of a new frozen `Dense`, when `base_layer` is
+            not given. Defaults to `None`.
+        rank: int. Rank of the update. Defaults to `8`.
+        alpha: float. Scale numerator. Defaults to `8.0`.
+        dropout: float. Dropout rate on the update's input. Defaults to `0.0`.
+        use_rslora: bool. Scale by `alpha / sqrt(rank)` (rank-stabilized
+            LoRA) instead of `alpha / rank`. Defaults to `False`.
+        base_layer: a `keras.layers.Dense` or `keras.layers.EinsumDense` to
+            wrap. Its variables are frozen and its activation moves to this
+            layer. Defaults to `None`.
+        activation: activation of a new `Dense` built from `units`. Defaults
+            to `None`.
+        use_bias: bool. Whether a new `Dense` has a bias. Defaults to `True`.
+        kernel_initializer: initializer of a new `Dense`'s frozen kernel.
+            Defaults to `"glorot_uniform"`.
+        lora_a_initializer: initializer of `A`. Defaults to `"he_uniform"`.
+        merged: bool. Whether the base kernel already holds the update (set
+            by `from_config`). Defaults to `False`.
+        **kwargs: base layer arguments such as `name` and `dtype`.
+
+    Example:
+    ```python
+    dense = keras.layers.Dense(64)
+    dense.build((None, 32))
+    layer = keras_peft.layers.LoRADense(base_layer=dense, rank=4, alpha=8)
+    y = layer(np.ones((2, 32)))  # equals dense(x) until A and B train
+    layer.merge()                # y unchanged; the update is in the kernel
+    ```
+
+    Reference:
+        - [Hu et al., 2021](https://arxiv.org/abs/2106.09685)
+        - [Kalajdzievski, 2023](https://arxiv.org/abs/2312.03732) (rsLoRA)
+    """
+
+    method = "lora"
+
+    def __init__(
+        self,
+        units=None,
+        rank=8,
+        alpha=8.0,
+        dropout=0.0,
+        use_rslora=False,
+        base_layer=None,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        lora_a_initializer="he_uniform",
+        merged=False,
+        **kwargs,
+    ):
+        _validate_hyperparameters(rank, alpha, dropout)
+        if base_layer is None:
+            if not isinstance(units, int) or isinstance(units, bool):
+                raise ValueError(
+                    "LoRADense needs either `units` (a positive int) or a "
+                    f"`base_layer`. Received: units={units!r}"
+                )
+            if units <= 0:
+                raise ValueError(f"`units` must be positive. Got {units}.")
+        else:
+            _validate_base_layer(base_layer)
+            if units is not None:
+                raise ValueError(
+                    "Pass either `units` or `base_layer` to LoRADense, not "
+                    f"both. Received: units={units!r}, base_layer="
+                    f"{base_layer.name!r}"
+                )
+            kwargs.setdefault("dtype", base_layer.dtype_policy)
+            kwargs.setdefault("name", base_layer.name)
+        super().__init__(**kwargs)
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.dropout = float(dropout)
+        self.use_rslora = bool(use_rslora)
+        self.merged = bool(merged)
+        self.lora_a_initializer = keras.initializers.get(lora_a_initializer)
+
+        if base_layer is None:
+            base_layer = keras.layers.Dense(
+                units,
+                use_bias=use_bias,
+                kernel_initializer=kernel_initializer,
+                dtype=self.dtype_policy,
+                name="dense",
+            )
+            self.activation = keras.activations.get(activation)
+        else:
+            own = keras.activations.get(activation)
+            if not _is_linear(own) and not _is_linear(base_layer.activation):
+                raise ValueError(
+                    f"Both LoRADense and its base layer {base_layer.name!r} "
+                    "have an activation; give it to only one of them."
+                )
+            self.activation = (
+                base_layer.activation if _is_linear(own) else own
+            )
+        # The update must act before the activation, so this layer applies
+        # it and the base computes only the affine part.
+        self._base_activation = base_layer.activation
+        if not _is_linear(base_layer.activation):
+            base_layer.activation = keras.activations.linear
+        self.base_layer = base_layer
+        self._base_trainable = None
+        self.dropout_layer = (
+            keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+            if self.dropout > 0
+            else None
+        )
+
+    @property
+    def scale(self):
+        """The factor the update `x @ A @ B` is multiplied by."""
+        if self.use_rslora:
+            return self.alpha / math.sqrt(self.rank)
+        return self.alpha / self.rank
+
+    def _equations(self):
+        equation = getattr(self.base_layer, "equation", _DENSE_EQUATION)
+        return _parse_equation(equation)
+
+    def build(self, input_shape):
+        if not self.base_layer.built:
+            self.base_layer.build(input_shape)
+        if self._base_trainable is None:
+            # Plain bools: a list holding the variables themselves would be
+            # tracked as this layer's own state.
+            self._base_trainable = [
+                v.trainable for v in self.base_layer.weights
+            ]
+            for variable in self.base_layer.weights:
+                variable.trainable = False
+        kernel_shape = self.base_layer.kernel.shape
+        equations = self._equations()
+        # LoRA weights should be float32 to avoid the risk of underflow
+        # during fine-tuning under a mixed-precision policy.
+        self.lora_a = self.add_weight(
+            name="lora_a",
+            shape=[kernel_shape[i] for i in equations["in_axes"]]
+            + [self.rank],
+            initializer=self.lora_a_initializer,
+            dtype="float32",
+        )
+        self.lora_b = self.add_weight(
+            name="lora_b",
+            shape=[self.rank]
+            + [kernel_shape[i] for i in equations["out_axes"]],
+            initializer="zeros",
+            dtype="float32",
+        )
+
+    def call(self, inputs, training=None):
+        outputs = self.base_layer(inputs)
+        if not self.merged:
+            equations = self._equations()
+            x = inputs
+            if self.dropout_layer is not None:
+                x = self.dropout_layer(x, training=training)
+            down = ops.einsum(
+                equations["down"], x, ops.cast(self.lora_a, x.dtype)
+            )
+            up = ops.einsum(
+                equations["up"], down, ops.cast(self.lora_b, x.dtype)
+            )
+            outputs = outputs + up * ops.cast(self.scale, up.dtype)
+        return self.activation(outputs)
+
+    def delta_kernel(self):
+        """The update `scale * A @ B` in the base kernel's layout (float32)."""
+        delta = ops.einsum(self._equations()["merge"], self.lora_a, self.lora_b)
+        return delta * self.scale
+
+    def merge(self):
+        """Folds the update into the base kernel. Idempotent."""
+        if self.merged:
+            return
+        kernel = self.base_layer.kernel
+        delta = ops.cast(self.delta_kernel(), kernel.dtype)
+        kernel.assign(ops.add(kernel, delta))
+        self.merged = True
+
+    def unmerge(self):
+        """Takes the update back out of the base kernel. Idempotent."""
+        if not self.merged:
+            return
+        kernel = self.base_layer.kernel
+        delta = ops.cast(self.delta_kernel(), kernel.dtype)
+        kernel.assign(ops.subtract(kernel, delta))
+        self.merged = False
+
+    def release(self):
+        """Gives the base layer back its activation and trainable flags.
+
+        Returns:
+            The base layer, as it was before this layer wrapped it (its kernel
+            keeps whatever `merge()` put into it).
+        """
+        self.base_layer.activation = self._base_activation
+        for variable, trainable in zip(
+            self.base_layer.weights, self._base_trainable or ()
+        ):
+            variable.trainable = trainable
+        return self.base_layer
+
+    def compute_output_shape(self, input_shape):
+        return self.base_layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "rank": self.rank,
+                "alpha": self.alpha,
+                "dropout": self.dropout,
+                "use_rslora": self.use_rslora,
+                "merged": self.merged,
+                "activation": keras.activations.serialize(self.activation),
+                "lora_a_initializer": keras.initializers.serialize(
+                    self.lora_a_initializer
+                ),
+                "base_layer": keras.saving.serialize_keras_object(
+                    self.base_layer
+                ),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["base_layer"] = keras.saving.deserialize_keras_object(
+            config["base_layer"]
+        )
+        return cls(**config)
+
+
+def _validate_hyperparameters(rank, alpha, dropout):
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ValueError(f"LoRA `rank` must be a positive int. Got {rank!r}.")
+    if (
+        not isinstance(alpha, (int, float))
+        or isinstance(alpha, bool)
+        or not math.isfinite(alpha)
+        or alpha <= 0
+    ):
+        raise ValueError(
+            f"LoRA `alpha` must be a positive number. Got {alpha!r}."
+        )
+    if (
+        not isinstance(dropout, (int, float))
+        or isinstance(dropout, bool)
+        or not 0 <= dropout < 1
+    ):
+        raise ValueError(
+            f"LoRA `dropout` must be a number in [0, 1). Got {dropout!r}."
+        )
+
+
+def _validate_base_layer(layer):
+    if not isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)):
+        raise TypeError(
+            "LoRADense wraps a keras.layers.Dense or keras.layers.EinsumDense. "
+            f"Received: {type(layer).__name__} {getattr(layer, 'name', '')!r}"
+        )
+    if getattr(layer, "quantization_mode", None) is not None:
+        raise ValueError(
+            f"Cannot wrap layer {layer.name!r}: it is quantized "
+            f"({layer.quantization_mode}). Apply LoRA before quantizing."
+        )
+    if getattr(layer, "lora_enabled", False):
+        raise ValueError(
+            f"Layer {layer.name!r} already has Keras' built-in LoRA enabled "
+            "(`enable_lora`); use one or the other."
+        )

@@ -1,0 +1,70 @@
+"""How LoRA plans itself on a model."""
+
+import keras
+
+from keras_peft.core import config as config_lib
+from keras_peft.core import freezing
+from keras_peft.core import injection
+from keras_peft.core import layer_tree
+from keras_peft.core import method as method_lib
+from keras_peft.core import surgery
+from keras_peft.core import targets as targets_lib
+from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.lora_dense import LoRADense
+from keras_peft.lora.config import LoRAConfig
+
+TARGET_TYPES = (keras.layers.Dense, keras.layers.EinsumDense)
+
+
+class LoRAMethod(method_lib.Method):
+    name = "lora"
+    config_class = LoRAConfig
+
+    def plan(self, context, config):
+        patterns = config.targets or context.architecture.default_targets[
+            self.name
+        ]
+        found = targets_lib.find_targets(
+            context.backbone, patterns, TARGET_TYPES, "LoRA"
+        )
+        parents = layer_tree.parent_map(context.model)
+        for layer in found:
+            parent = parents[id(layer)]
+            if isinstance(parent, AdapterLayer):
+                raise ValueError(
+                    f"Layer {layer.path!r} is already wrapped by a "
+                    f"{type(parent).__name__}; LoRA cannot be applied to the "
+                    "same layer twice."
+                )
+            surgery.check_replaceable(context.model, layer)
+
+        replacements = []
+        try:
+            for layer in found:
+                wrapper = LoRADense(
+                    base_layer=layer,
+                    rank=config.rank,
+                    alpha=config.alpha,
+                    dropout=config.dropout,
+                    use_rslora=config.use_rslora,
+                )
+                replacements.append(method_lib.Replacement(layer, wrapper))
+                with injection.scope_of(layer.path):
+                    wrapper.build(layer.get_build_config()["input_shape"])
+        except BaseException:
+            for replacement in replacements:
+                replacement.new.release()
+            raise
+
+        if config.bias == "all":
+            kept = freezing.bias_variables(
+                freezing.layers_of(context.backbone)
+            )
+        elif config.bias == "lora_only":
+            kept = freezing.bias_variables(found)
+        else:
+            kept = []
+        return method_lib.MethodPlan(tuple(replacements), tuple(kept))
+
+
+METHOD = config_lib.register_method(LoRAMethod())

@@ -1,0 +1,240 @@
+"""Shared test cases: tiny keras-hub models and the methods to check."""
+
+import dataclasses
+import os
+import subprocess
+
+import keras
+import keras_hub
+import numpy as np
+
+import keras_peft
+from keras_peft.core import layer_tree
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "..", "shared")
+
+BERT = dict(
+    vocabulary_size=60,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=16,
+    intermediate_dim=32,
+    max_sequence_length=24,
+    dropout=0.0,
+)
+T5 = dict(
+    vocabulary_size=40,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=16,
+    intermediate_dim=24,
+    dropout=0.0,
+)
+NUM_CLASSES = 3
+_BASE_WEIGHTS = {}
+
+
+def bert_inputs(batch=4, length=10, seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((batch, length), "int32")
+    mask[0, length - 3 :] = 0
+    return {
+        "token_ids": rng.integers(1, BERT["vocabulary_size"], (batch, length))
+        .astype("int32"),
+        "segment_ids": np.zeros((batch, length), "int32"),
+        "padding_mask": mask,
+    }
+
+
+def t5_inputs(batch=4, source=7, target=5, seed=0):
+    rng = np.random.default_rng(seed)
+    vocab = T5["vocabulary_size"]
+    encoder_mask = np.ones((batch, source), "int32")
+    encoder_mask[0, source - 2 :] = 0
+    return {
+        "encoder_token_ids": rng.integers(2, vocab, (batch, source)).astype(
+            "int32"
+        ),
+        "encoder_padding_mask": encoder_mask,
+        "decoder_token_ids": rng.integers(2, vocab, (batch, target)).astype(
+            "int32"
+        ),
+        "decoder_padding_mask": np.ones((batch, target), "int32"),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCase:
+    """A tiny model family member with inputs, labels and a loss."""
+
+    name: str
+    architecture: str
+    make: object  # () -> model with random (not yet fixed) weights
+    inputs: object  # () -> dict of arrays
+    labels: object  # () -> array, or None for a backbone
+    loss: object  # keras loss, or None for a backbone
+
+    def build(self):
+        """A model with this case's fixed base weights."""
+        model = self.make()
+        if self.name not in _BASE_WEIGHTS:
+            _BASE_WEIGHTS[self.name] = model.get_weights()
+        model.set_weights(_BASE_WEIGHTS[self.name])
+        return model
+
+    def outputs(self, model):
+        outputs = model(self.inputs(), training=False)
+        return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+
+    def backbone(self, model):
+        return getattr(model, "backbone", model)
+
+    @property
+    def trainable_task(self):
+        return self.loss is not None
+
+
+def _bert_backbone():
+    return keras_hub.models.BertBackbone(**BERT)
+
+
+def _t5_backbone():
+    return keras_hub.models.T5Backbone(**T5)
+
+
+def _classifier():
+    return keras_hub.models.BertTextClassifier(
+        _bert_backbone(), num_classes=NUM_CLASSES, preprocessor=None
+    )
+
+
+def _masked_lm():
+    return keras_hub.models.BertMaskedLM(_bert_backbone(), preprocessor=None)
+
+
+def _masked_lm_inputs():
+    inputs = bert_inputs()
+    inputs["mask_positions"] = np.array([[1, 2]] * 4, "int32")
+    return inputs
+
+
+def _seq2seq():
+    return keras_hub.models.T5Seq2SeqLM(_t5_backbone(), preprocessor=None)
+
+
+sparse_ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+MODEL_CASES = {
+    case.name: case
+    for case in (
+        ModelCase(
+            "bert_classifier",
+            "bert",
+            _classifier,
+            bert_inputs,
+            lambda: np.array([0, 1, 2, 1]),
+            sparse_ce,
+        ),
+        ModelCase(
+            "bert_masked_lm",
+            "bert",
+            _masked_lm,
+            _masked_lm_inputs,
+            lambda: np.array([[3, 4]] * 4),
+            sparse_ce,
+        ),
+        ModelCase("bert_backbone", "bert", _bert_backbone, bert_inputs, None, None),
+        ModelCase(
+            "t5_seq2seq",
+            "t5",
+            _seq2seq,
+            t5_inputs,
+            lambda: t5_inputs()["decoder_token_ids"],
+            sparse_ce,
+        ),
+        ModelCase("t5_backbone", "t5", _t5_backbone, t5_inputs, None, None),
+    )
+}
+
+
+def head_parameters(model, case):
+    """Trainable parameters of a task outside its backbone."""
+    backbone = case.backbone(model)
+    inside = {id(v) for v in backbone.weights}
+    return sum(
+        int(np.prod(v.shape))
+        for v in model.weights
+        if id(v) not in inside and v.trainable
+    )
+
+
+def lora_count(case, model, rank):
+    """LoRA (q, v) parameters: 2 projections x 2 d r per attention layer."""
+    if case.architecture == "bert":
+        d, layers = BERT["hidden_dim"], BERT["num_layers"]
+        return 2 * layers * 2 * d * rank
+    d, layers = T5["hidden_dim"], T5["num_layers"]
+    # Encoder self-, decoder self- and decoder cross-attention.
+    return 3 * layers * 2 * 2 * d * rank
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodCase:
+    name: str
+    config: object  # (model case) -> config
+    count: object  # (model case, model) -> adapter parameter count
+
+
+METHOD_CASES = {
+    case.name: case
+    for case in (
+        MethodCase(
+            "lora",
+            lambda case: keras_peft.LoRAConfig(rank=4, alpha=8),
+            lambda case, model: lora_count(case, model, 4),
+        ),
+    )
+}
+
+
+def snapshot(model):
+    """Everything about a model that a failed call must leave as it was."""
+    return {
+        "layers": [id(layer) for layer, _ in layer_tree.iter_layers(model)],
+        "variables": [id(v) for v in model.variables],
+        "trainable": [v.trainable for v in model.weights],
+        "values": [np.array(v.numpy()) for v in model.weights],
+        "configs": keras_peft.applied_configs(model),
+    }
+
+
+def assert_snapshot_equal(before, after):
+    assert before["layers"] == after["layers"]
+    assert before["variables"] == after["variables"]
+    assert before["trainable"] == after["trainable"]
+    assert before["configs"] == after["configs"]
+    for x, y in zip(before["values"], after["values"]):
+        np.testing.assert_array_equal(x, y)
+
+
+def assert_outputs_close(x, y, atol=1e-5):
+    keras.tree.map_structure(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=atol, rtol=1e-5),
+        x,
+        y,
+    )
+
+
+def minilm_path():
+    """Path of the real pretrained MiniLM BERT in ../shared, or None."""
+    tool = os.path.join(SHARED, "tools", "minilm")
+    if not os.path.exists(tool):
+        return None
+    try:
+        result = subprocess.run(
+            [tool], capture_output=True, text=True, timeout=600, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = result.stdout.strip()
+    return path if result.returncode == 0 and os.path.isdir(path) else None

@@ -1,0 +1,109 @@
+"""The same behavioural checks for every (model x method) pair."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_peft
+from tests import helpers
+
+
+def _applied(model_case, method_case):
+    model = model_case.build()
+    keras_peft.apply(model, method_case.config(model_case))
+    return model
+
+
+def test_zero_effect_at_start(model_case, method_case):
+    model = model_case.build()
+    before = model_case.outputs(model)
+    keras_peft.apply(model, method_case.config(model_case))
+    helpers.assert_outputs_close(model_case.outputs(model), before, atol=0)
+
+
+def test_trainable_count_matches_formula(model_case, method_case):
+    model = _applied(model_case, method_case)
+    expected_adapter = method_case.count(model_case, model)
+    expected = expected_adapter + helpers.head_parameters(model, model_case)
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    assert trainable == expected
+    summary = keras_peft.trainable_summary(model)
+    assert summary.trainable == expected
+    assert summary.total == sum(int(np.prod(v.shape)) for v in model.weights)
+    assert dict(summary.groups)[method_case.name] == expected_adapter
+    assert summary.fraction == pytest.approx(expected / summary.total)
+    assert method_case.name in str(summary)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_trains_only_new_weights(model_case, method_case, jit_compile):
+    if not model_case.trainable_task:
+        pytest.skip("a backbone has no loss to fit")
+    model = _applied(model_case, method_case)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.05),
+        loss=model_case.loss,
+        jit_compile=jit_compile,
+    )
+    trainable_ids = {id(v) for v in model.trainable_weights}
+    before = [np.array(v.numpy()) for v in model.weights]
+    model.fit(
+        model_case.inputs(),
+        model_case.labels(),
+        epochs=3,
+        batch_size=4,
+        verbose=0,
+    )
+    for variable, old in zip(model.weights, before):
+        if id(variable) in trainable_ids:
+            assert not np.array_equal(variable.numpy(), old), variable.path
+        else:
+            np.testing.assert_array_equal(variable.numpy(), old, variable.path)
+
+
+def test_save_load_round_trip(model_case, method_case, tmp_path):
+    model = _applied(model_case, method_case)
+    # Move every trainable weight off its initial value so the round trip
+    # proves the values travel.
+    rng = np.random.default_rng(1)
+    for variable in model.trainable_weights:
+        variable.assign(rng.normal(size=variable.shape).astype("float32"))
+    expected = model_case.outputs(model)
+    path = os.path.join(tmp_path, "adapter")
+    keras_peft.save_adapter(model, path)
+
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    total = sum(int(np.prod(v.shape)) for v in model.weights)
+    size = os.path.getsize(os.path.join(path, "adapter_weights.npz"))
+    # float32 values plus a small per-array header.
+    assert 4 * trainable <= size <= 4 * trainable + 400 * len(
+        model.trainable_weights
+    )
+    assert size < total
+
+    fresh = model_case.build()
+    keras_peft.load_adapter(fresh, path)
+    helpers.assert_outputs_close(model_case.outputs(fresh), expected, atol=0)
+    assert keras_peft.applied_configs(fresh) == keras_peft.applied_configs(
+        model
+    )
+    assert [v.trainable for v in fresh.weights] == [
+        v.trainable for v in model.weights
+    ]
+
+
+def test_load_into_model_with_same_adapter_swaps_weights(
+    model_case, method_case, tmp_path
+):
+    """One backbone, many tasks: loading replaces the adapter's values."""
+    model = _applied(model_case, method_case)
+    for variable in model.trainable_weights:
+        variable.assign(np.full(variable.shape, 0.01, "float32"))
+    keras_peft.save_adapter(model, os.path.join(tmp_path, "a"))
+    expected = model_case.outputs(model)
+    for variable in model.trainable_weights:
+        variable.assign(np.full(variable.shape, -0.02, "float32"))
+    keras_peft.load_adapter(model, os.path.join(tmp_path, "a"))
+    helpers.assert_outputs_close(model_case.outputs(model), expected, atol=0)
