@@ -11,7 +11,9 @@ import numpy as np
 import keras_peft
 from keras_peft.core import layer_tree
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(__file__)), "..", "shared")
+SHARED = os.path.join(
+    os.path.dirname(os.path.dirname(__file__)), "..", "shared"
+)
 
 BERT = dict(
     vocabulary_size=60,
@@ -39,8 +41,9 @@ def bert_inputs(batch=4, length=10, seed=0):
     mask = np.ones((batch, length), "int32")
     mask[0, length - 3 :] = 0
     return {
-        "token_ids": rng.integers(1, BERT["vocabulary_size"], (batch, length))
-        .astype("int32"),
+        "token_ids": rng.integers(
+            1, BERT["vocabulary_size"], (batch, length)
+        ).astype("int32"),
         "segment_ids": np.zeros((batch, length), "int32"),
         "padding_mask": mask,
     }
@@ -143,7 +146,9 @@ MODEL_CASES = {
             lambda: np.array([[3, 4]] * 4),
             sparse_ce,
         ),
-        ModelCase("bert_backbone", "bert", _bert_backbone, bert_inputs, None, None),
+        ModelCase(
+            "bert_backbone", "bert", _bert_backbone, bert_inputs, None, None
+        ),
         ModelCase(
             "t5_seq2seq",
             "t5",

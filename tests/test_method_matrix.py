@@ -78,8 +78,10 @@ def test_save_load_round_trip(model_case, method_case, tmp_path):
     total = sum(int(np.prod(v.shape)) for v in model.weights)
     size = os.path.getsize(os.path.join(path, "adapter_weights.npz"))
     # float32 values plus a small per-array header.
-    assert 4 * trainable <= size <= 4 * trainable + 400 * len(
-        model.trainable_weights
+    assert (
+        4 * trainable
+        <= size
+        <= 4 * trainable + 400 * len(model.trainable_weights)
     )
     assert size < total
 

@@ -165,7 +165,9 @@ def _read_bundle(path):
     missing = [key for key in required if key not in document]
     if missing:
         fail(f"{CONFIG_FILE} lacks {missing}.")
-    weights_path = os.path.join(path, os.path.basename(document["weights_file"]))
+    weights_path = os.path.join(
+        path, os.path.basename(document["weights_file"])
+    )
     if not os.path.isfile(weights_path):
         fail(f"missing {document['weights_file']}.")
     if _sha256(weights_path) != document["weights_sha256"]:
@@ -173,7 +175,7 @@ def _read_bundle(path):
     try:
         with np.load(weights_path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         fail(f"{document['weights_file']} is corrupted ({e}).")
     for entry in document["variables"]:
         array = arrays.get(entry.get("key"))
@@ -241,15 +243,11 @@ def load_adapter(model, path):
         plan = injection.plan(context.model, bundle.configs)
         variables = plan.trainable_variables_after()
     else:
-        differences = "; ".join(
-            theirs.describe_difference(mine)
-            for mine, theirs in zip(applied, bundle.configs)
-            if mine != theirs
-        ) or (f"{len(applied)} configs instead of {len(bundle.configs)}")
+        mismatch = _describe_config_mismatch(bundle.configs, applied)
         raise ValueError(
-            f"Cannot load adapter {path!r}: the model already has different "
-            f"adapters applied (the model has {differences}). Load it into a "
-            "model without adapters, or one with the same configs."
+            f"Cannot load adapter {path!r}: the model already has other "
+            f"adapters applied ({mismatch}). Load it into a model without "
+            "adapters, or one with the same configs."
         )
 
     try:
@@ -263,6 +261,17 @@ def load_adapter(model, path):
     if plan is not None:
         plan.install()
     return model
+
+
+def _describe_config_mismatch(saved, applied):
+    if len(saved) != len(applied):
+        return f"{len(saved)} configs in the file, {len(applied)} in the model"
+    parts = [
+        f"{name}={theirs!r} in the file but {name}={mine!r} in the model"
+        for file_config, model_config in zip(saved, applied)
+        for name, theirs, mine in file_config.differences(model_config)
+    ]
+    return "; ".join(parts)
 
 
 def _match(path, entries, variables, arrays):

@@ -87,24 +87,22 @@ class PeftConfig:
             )
         return cls(**data)
 
-    def describe_difference(self, other):
-        """Names the fields in which `other` differs, for error messages."""
+    def differences(self, other):
+        """`(field, self value, other value)` for each field that differs."""
         if type(other) is not type(self):
-            return f"method {other.method!r} instead of {self.method!r}"
-        parts = []
-        for field in dataclasses.fields(self):
-            mine, theirs = getattr(self, field.name), getattr(other, field.name)
-            if mine != theirs:
-                parts.append(f"{field.name}={theirs!r} instead of {mine!r}")
-        return ", ".join(parts) or "no difference"
+            return [("method", self.method, other.method)]
+        return [
+            (field.name, getattr(self, field.name), getattr(other, field.name))
+            for field in dataclasses.fields(self)
+            if getattr(self, field.name) != getattr(other, field.name)
+        ]
 
 
 def config_from_dict(data):
     """Builds the config of any registered method from its `to_dict()`."""
     if not isinstance(data, dict) or "method" not in data:
         raise ValueError(
-            "A keras-peft config dict needs a 'method' key. "
-            f"Received: {data!r}"
+            f"A keras-peft config dict needs a 'method' key. Received: {data!r}"
         )
     return get_method(data["method"]).config_class.from_dict(data)
 

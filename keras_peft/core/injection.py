@@ -98,8 +98,12 @@ class Plan:
         surgery.forget_compiled_functions(self.context.model)
 
     def abandon(self):
-        """Releases the detached layers, undoing what building them did."""
-        for replacement in self.replacements:
+        """Releases the detached layers, undoing what building them did.
+
+        In reverse order: two planned layers may wrap the same base layer,
+        and the first one built saw the base's original state.
+        """
+        for replacement in reversed(self.replacements):
             release = getattr(replacement.new, "release", None)
             if release is not None:
                 release()
@@ -208,7 +212,9 @@ def remove_method(model, method_name, layer_fn):
         state_lib.set_state(context.backbone, None)
         return
     state = state_lib.PeftState(
-        tuple(c for c, _ in kept), [g for _, g in kept], state.original_trainable
+        tuple(c for c, _ in kept),
+        [g for _, g in kept],
+        state.original_trainable,
     )
     adapters = [
         layer

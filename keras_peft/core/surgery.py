@@ -98,4 +98,3 @@ def forget_compiled_functions(model):
     ):
         if getattr(model, name, None) is not None:
             setattr(model, name, None)
-

@@ -164,9 +164,7 @@ class LoRADense(AdapterLayer):
                     f"Both LoRADense and its base layer {base_layer.name!r} "
                     "have an activation; give it to only one of them."
                 )
-            self.activation = (
-                base_layer.activation if _is_linear(own) else own
-            )
+            self.activation = base_layer.activation if _is_linear(own) else own
         # The update must act before the activation, so this layer applies
         # it and the base computes only the affine part.
         self._base_activation = base_layer.activation
@@ -179,6 +177,8 @@ class LoRADense(AdapterLayer):
             if self.dropout > 0
             else None
         )
+        if base_layer.built:
+            self.build(base_layer.get_build_config()["input_shape"])
 
     @property
     def scale(self):
@@ -208,8 +208,7 @@ class LoRADense(AdapterLayer):
         # during fine-tuning under a mixed-precision policy.
         self.lora_a = self.add_weight(
             name="lora_a",
-            shape=[kernel_shape[i] for i in equations["in_axes"]]
-            + [self.rank],
+            shape=[kernel_shape[i] for i in equations["in_axes"]] + [self.rank],
             initializer=self.lora_a_initializer,
             dtype="float32",
         )

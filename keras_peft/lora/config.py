@@ -49,7 +49,7 @@ class LoRAConfig(config_lib.PeftConfig):
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: typing.Optional[tuple] = None
+    targets: tuple | None = None
     bias: str = "none"
     use_rslora: bool = False
 

@@ -21,9 +21,9 @@ class LoRAMethod(method_lib.Method):
     config_class = LoRAConfig
 
     def plan(self, context, config):
-        patterns = config.targets or context.architecture.default_targets[
-            self.name
-        ]
+        patterns = (
+            config.targets or context.architecture.default_targets[self.name]
+        )
         found = targets_lib.find_targets(
             context.backbone, patterns, TARGET_TYPES, "LoRA"
         )
@@ -41,25 +41,24 @@ class LoRAMethod(method_lib.Method):
         replacements = []
         try:
             for layer in found:
-                wrapper = LoRADense(
-                    base_layer=layer,
-                    rank=config.rank,
-                    alpha=config.alpha,
-                    dropout=config.dropout,
-                    use_rslora=config.use_rslora,
-                )
-                replacements.append(method_lib.Replacement(layer, wrapper))
+                # Built inside the target's scope, the wrapper takes the
+                # target's path: ".../query/lora_a" beside ".../query/kernel".
                 with injection.scope_of(layer.path):
-                    wrapper.build(layer.get_build_config()["input_shape"])
+                    wrapper = LoRADense(
+                        base_layer=layer,
+                        rank=config.rank,
+                        alpha=config.alpha,
+                        dropout=config.dropout,
+                        use_rslora=config.use_rslora,
+                    )
+                replacements.append(method_lib.Replacement(layer, wrapper))
         except BaseException:
-            for replacement in replacements:
+            for replacement in reversed(replacements):
                 replacement.new.release()
             raise
 
         if config.bias == "all":
-            kept = freezing.bias_variables(
-                freezing.layers_of(context.backbone)
-            )
+            kept = freezing.bias_variables(freezing.layers_of(context.backbone))
         elif config.bias == "lora_only":
             kept = freezing.bias_variables(found)
         else:

@@ -1,0 +1,249 @@
+"""Times one training step: full fine-tuning vs keras-peft LoRA vs keras-hub.
+
+Measures the wall time of one optimizer step (forward, backward, Adam
+update) of a `keras_hub.models.BertTextClassifier` over a randomly
+initialised `BertBackbone` (hidden 256, 4 layers, 4 heads, FFN 1024) on
+random token ids, for three variants built in one run:
+
+- `full`: every weight trains (full fine-tuning);
+- `keras_peft_lora`: `keras_peft.apply(model, LoRAConfig(rank=8, alpha=16))`
+  (LoRA on the attention query and value projections);
+- `keras_hub_lora`: keras-hub's own `backbone.enable_lora(8)`.
+
+Each variant gets its own fresh model, compiled with Adam and sparse
+categorical cross-entropy on logits. Steps run through
+`model.train_on_batch`, whose first calls (trace and compile) are warm-up
+and never timed. Timed steps are taken in rounds that alternate between the
+variants, rotating their order each round, so that background load affects
+all three alike; the reported figure is the median over all timed steps.
+
+The targets: our LoRA step at most 0.70x the full fine-tuning step, and no
+slower than keras-hub's `enable_lora`. The results replace the `train_step`
+section of `benchmarks/RESULTS.md`. Numbers are only meaningful on an
+otherwise idle machine.
+
+Run:
+
+    python benchmarks/train_step.py
+    python benchmarks/train_step.py --steps 3 --warmup 1 --seq 32 --no-write
+"""
+
+import argparse
+import datetime
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import keras  # noqa: E402
+import keras_hub  # noqa: E402
+import numpy as np  # noqa: E402
+import results_file  # noqa: E402
+
+import keras_peft  # noqa: E402
+
+VARIANTS = ("full", "keras_peft_lora", "keras_hub_lora")
+LABELS = {
+    "full": "full fine-tuning",
+    "keras_peft_lora": "keras-peft LoRA (q, v)",
+    "keras_hub_lora": "keras-hub enable_lora (q, v)",
+}
+FULL_TARGET = 0.70
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--steps", type=int, default=30, help="timed steps per variant"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps per variant"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="rounds the timed steps are split into, alternating variants",
+    )
+    parser.add_argument("--seq", type=int, default=128, help="sequence length")
+    parser.add_argument("--batch", type=int, default=16, help="batch size")
+    parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    parser.add_argument(
+        "--vocab", type=int, default=30522, help="vocabulary size"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="print only; leave benchmarks/RESULTS.md alone (smoke runs)",
+    )
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
+        parser.error("--steps, --warmup and --rounds must be at least 1")
+    args.rounds = min(args.rounds, args.steps)
+    return args
+
+
+def build_model(variant, args):
+    keras.utils.set_random_seed(args.seed)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=args.vocab,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=256,
+        intermediate_dim=1024,
+        max_sequence_length=max(512, args.seq),
+    )
+    model = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=2, preprocessor=None
+    )
+    if variant == "keras_peft_lora":
+        config = keras_peft.LoRAConfig(rank=args.rank, alpha=2 * args.rank)
+        keras_peft.apply(model, config)
+    elif variant == "keras_hub_lora":
+        backbone.enable_lora(args.rank)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def make_batch(args):
+    rng = np.random.default_rng(args.seed)
+    shape = (args.batch, args.seq)
+    x = {
+        "token_ids": rng.integers(1, args.vocab, shape, dtype="int32"),
+        "segment_ids": np.zeros(shape, dtype="int32"),
+        "padding_mask": np.ones(shape, dtype="bool"),
+    }
+    y = rng.integers(0, 2, (args.batch,), dtype="int32")
+    # Tensors, not arrays, so every call hits the same traced function.
+    x = {k: keras.ops.convert_to_tensor(v) for k, v in x.items()}
+    return x, keras.ops.convert_to_tensor(y)
+
+
+def count_trainable(model):
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def qv_biases_trainable(model):
+    """Whether any attention query/value bias is among the trainables."""
+    return any(
+        w.path.endswith(("query/bias", "value/bias"))
+        for w in model.trainable_weights
+    )
+
+
+def time_steps(models, x, y, args):
+    times = {v: [] for v in models}
+    names = list(models)
+    for round_index in range(args.rounds):
+        steps = args.steps // args.rounds
+        steps += round_index < args.steps % args.rounds
+        shift = round_index % len(names)
+        for variant in names[shift:] + names[:shift]:
+            model = models[variant]
+            for _ in range(steps):
+                start = time.perf_counter()
+                model.train_on_batch(x, y)
+                times[variant].append(time.perf_counter() - start)
+    return times
+
+
+def quartiles_ms(values):
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return 1e3 * q1, 1e3 * statistics.median(values), 1e3 * q3
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
+def report(times, stats, args, wall):
+    med = {v: quartiles_ms(t)[1] for v, t in times.items()}
+    vs_full = med["keras_peft_lora"] / med["full"]
+    vs_hub = med["keras_peft_lora"] / med["keras_hub_lora"]
+    lines = [
+        "## Training step time (`benchmarks/train_step.py`)",
+        "",
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Machine: {results_file.machine()}",
+        f"- Model: random `BertBackbone` (vocab {args.vocab}, hidden 256, "
+        "4 layers, 4 heads, FFN 1024) in a `BertTextClassifier` "
+        "(2 classes, no preprocessor); Adam, sparse categorical "
+        "cross-entropy on logits; `jit_compile` "
+        f"{stats['full']['jit_compile']}.",
+        f"- Batch {args.batch} x sequence {args.seq}, random token ids; "
+        f"LoRA rank {args.rank}, alpha {2 * args.rank}.",
+        f"- {args.warmup} untimed warm-up steps per variant (trace and "
+        f"compile), then {args.steps} timed `train_on_batch` steps per "
+        f"variant in {args.rounds} rounds alternating the variants "
+        "(order rotated each round); median over all timed steps. "
+        f"Whole run {wall:.0f} s.",
+        "",
+        "| variant | trainable params | q/v biases trainable | "
+        "step median (ms) | p25..p75 (ms) |",
+        "|---|---:|:---:|---:|---:|",
+    ]
+    for variant in VARIANTS:
+        q1, q2, q3 = quartiles_ms(times[variant])
+        s = stats[variant]
+        lines.append(
+            f"| {LABELS[variant]} | {s['trainable']:,} | "
+            f"{'yes' if s['qv_bias'] else 'no'} | {q2:.1f} | "
+            f"{q1:.1f}..{q3:.1f} |"
+        )
+    lines += [
+        "",
+        "| target | measured | result |",
+        "|---|---:|:---:|",
+        f"| keras-peft LoRA step <= {FULL_TARGET:.2f}x full fine-tuning "
+        f"step | {vs_full:.3f}x | {verdict(vs_full <= FULL_TARGET)} |",
+        "| keras-peft LoRA step no slower than keras-hub `enable_lora` "
+        f"| {vs_hub:.3f}x | {verdict(vs_hub <= 1.0)} |",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    x, y = make_batch(args)
+    models, stats = {}, {}
+    for variant in VARIANTS:
+        model = build_model(variant, args)
+        for _ in range(args.warmup):
+            model.train_on_batch(x, y)
+        models[variant] = model
+        stats[variant] = {
+            "trainable": count_trainable(model),
+            "qv_bias": qv_biases_trainable(model),
+            "jit_compile": model.jit_compile,
+        }
+        print(
+            f"built {variant}: {stats[variant]['trainable']:,} trainable "
+            f"parameters, q/v biases trainable: {stats[variant]['qv_bias']}",
+            flush=True,
+        )
+    times = time_steps(models, x, y, args)
+    body = report(times, stats, args, time.perf_counter() - started)
+    print(body)
+    if args.no_write:
+        print("\n(--no-write: benchmarks/RESULTS.md left unchanged)")
+    else:
+        results_file.update_section("train_step", body)
+        print(f"\nwrote the train_step section of {results_file.RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

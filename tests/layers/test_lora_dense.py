@@ -1,0 +1,253 @@
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_peft
+from keras_peft.layers import LoRADense
+
+
+def _dense(units=6, in_dim=5, activation=None, use_bias=True):
+    layer = keras.layers.Dense(units, activation=activation, use_bias=use_bias)
+    layer.build((None, in_dim))
+    return layer
+
+
+def _einsum(equation, output_shape, input_shape, bias_axes=None):
+    layer = keras.layers.EinsumDense(
+        equation, output_shape=output_shape, bias_axes=bias_axes
+    )
+    layer.build(input_shape)
+    return layer
+
+
+# (equation, output_shape, input_shape, A shape, B shape) for rank 3: BERT's
+# query projection, its attention output projection and a plain matmul.
+EINSUM_CASES = [
+    ("abc,cde->abde", (None, 2, 4), (2, 7, 8), (8, 3), (3, 2, 4)),
+    ("abcd,cde->abe", (None, 8), (2, 7, 2, 4), (2, 4, 3), (3, 8)),
+    ("ab,bc->ac", (6,), (2, 5), (5, 3), (3, 6)),
+]
+
+
+def _randomize(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    for variable in (layer.lora_a, layer.lora_b):
+        variable.assign(rng.normal(size=variable.shape).astype("float32"))
+
+
+def test_wrapping_dense_starts_with_zero_effect():
+    base = _dense(activation="gelu")
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+    expected = base(x)
+    layer = LoRADense(base_layer=base, rank=2, alpha=4)
+    np.testing.assert_array_equal(layer(x), expected)
+
+
+def test_update_is_scaled_low_rank_product_inside_activation():
+    base = _dense(activation="relu")
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+    kernel, bias = base.kernel.numpy(), base.bias.numpy()
+    layer = LoRADense(base_layer=base, rank=2, alpha=6)
+    _randomize(layer)
+    a, b = layer.lora_a.numpy(), layer.lora_b.numpy()
+    expected = np.maximum(x @ kernel + bias + 3.0 * (x @ a @ b), 0)
+    np.testing.assert_allclose(layer(x), expected, atol=1e-5)
+    assert layer.scale == 3.0
+
+
+def test_rslora_scale():
+    layer = LoRADense(base_layer=_dense(), rank=4, alpha=6, use_rslora=True)
+    assert layer.scale == pytest.approx(6 / math.sqrt(4))
+
+
+@pytest.mark.parametrize("equation,out,inp,a_shape,b_shape", EINSUM_CASES)
+def test_einsum_shapes_and_formula(equation, out, inp, a_shape, b_shape):
+    base = _einsum(equation, out, inp)
+    x = np.random.default_rng(0).normal(size=inp).astype("float32")
+    expected = base(x)
+    layer = LoRADense(base_layer=base, rank=3, alpha=3)
+    np.testing.assert_array_equal(layer(x), expected)
+    assert tuple(layer.lora_a.shape) == a_shape
+    assert tuple(layer.lora_b.shape) == b_shape
+
+    _randomize(layer)
+    # The update equals the base einsum with the kernel replaced by A @ B.
+    delta = layer.delta_kernel()
+    reference = np.einsum(equation, x, np.asarray(delta))
+    np.testing.assert_allclose(
+        layer(x), np.asarray(expected) + reference, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("equation,out,inp,a_shape,b_shape", EINSUM_CASES)
+def test_merge_equals_unmerged_and_unmerge_restores(
+    equation, out, inp, a_shape, b_shape
+):
+    base = _einsum(equation, out, inp)
+    original_kernel = base.kernel.numpy().copy()
+    x = np.random.default_rng(0).normal(size=inp).astype("float32")
+    layer = LoRADense(base_layer=base, rank=3, alpha=5)
+    _randomize(layer)
+    unmerged = np.asarray(layer(x))
+    layer.merge()
+    layer.merge()  # idempotent
+    assert layer.merged
+    np.testing.assert_allclose(layer(x), unmerged, atol=1e-4)
+    assert not np.allclose(base.kernel.numpy(), original_kernel)
+    layer.unmerge()
+    layer.unmerge()  # idempotent
+    np.testing.assert_allclose(base.kernel.numpy(), original_kernel, atol=1e-5)
+    np.testing.assert_allclose(layer(x), unmerged, atol=1e-5)
+
+
+def test_base_is_frozen_and_only_a_b_train():
+    base = _dense()
+    layer = LoRADense(base_layer=base, rank=2)
+    assert layer.built
+    assert [v.name for v in layer.trainable_weights] == ["lora_a", "lora_b"]
+    assert [v.name for v in layer.adapter_variables] == ["lora_a", "lora_b"]
+    assert not base.kernel.trainable and not base.bias.trainable
+
+
+def test_standalone_like_dense_with_frozen_kernel():
+    layer = LoRADense(4, rank=2, activation="tanh", name="lora")
+    y = layer(np.ones((2, 3), "float32"))
+    assert y.shape == (2, 4)
+    assert layer.compute_output_shape((2, 3)) == (2, 4)
+    assert not layer.base_layer.kernel.trainable
+    trainable = [v.name for v in layer.trainable_weights]
+    assert trainable == ["lora_a", "lora_b"]
+    np.testing.assert_allclose(
+        y,
+        np.tanh(np.ones((2, 3)) @ layer.base_layer.kernel.numpy()),
+        atol=1e-6,
+    )
+
+
+def test_release_restores_base_layer():
+    base = _dense(activation="relu")
+    layer = LoRADense(base_layer=base, rank=2)
+    assert base.activation is keras.activations.linear
+    assert layer.release() is base
+    assert base.activation is keras.activations.relu
+    assert base.kernel.trainable and base.bias.trainable
+
+
+def test_config_round_trip_and_keras_file(tmp_path):
+    inputs = keras.Input((5,))
+    outputs = LoRADense(6, rank=2, alpha=4, dropout=0.1, activation="relu")(
+        inputs
+    )
+    model = keras.Model(inputs, outputs)
+    _randomize(model.layers[-1])
+    x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
+    expected = model.predict(x, verbose=0)
+
+    config = model.layers[-1].get_config()
+    clone = LoRADense.from_config(config)
+    assert clone.get_config() == config
+
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert isinstance(restored.layers[-1], LoRADense)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), expected)
+    assert [v.name for v in restored.trainable_weights] == ["lora_a", "lora_b"]
+
+
+def test_merged_layer_round_trips_as_merged(tmp_path):
+    inputs = keras.Input((5,))
+    outputs = LoRADense(6, rank=2)(inputs)
+    model = keras.Model(inputs, outputs)
+    _randomize(model.layers[-1])
+    x = np.ones((2, 5), "float32")
+    expected = model.predict(x, verbose=0)
+    model.layers[-1].merge()
+    path = os.path.join(tmp_path, "merged.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert restored.layers[-1].merged
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-4
+    )
+
+
+def test_mixed_precision_keeps_lora_weights_float32():
+    policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        base = keras.layers.Dense(4)
+        base.build((None, 3))
+        layer = LoRADense(base_layer=base, rank=2)
+        y = layer(np.ones((2, 3), "float32"))
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
+    assert layer.lora_a.dtype == "float32"
+    assert layer.lora_b.dtype == "float32"
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+
+
+def test_pure_bfloat16_policy_keeps_lora_weights_float32():
+    base = keras.layers.Dense(4, dtype="bfloat16")
+    base.build((None, 3))
+    layer = LoRADense(base_layer=base, rank=2)
+    _randomize(layer)
+    y = layer(np.ones((2, 3), "float32"))
+    assert layer.lora_a.dtype == "float32"
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    layer.merge()
+    assert keras.backend.standardize_dtype(base.kernel.dtype) == "bfloat16"
+
+
+def test_dropout_applies_only_in_training():
+    layer = LoRADense(base_layer=_dense(), rank=2, dropout=0.5)
+    _randomize(layer)
+    x = np.ones((64, 5), "float32")
+    inference = np.asarray(layer(x, training=False))
+    np.testing.assert_array_equal(inference, layer(x, training=False))
+    assert not np.allclose(layer(x, training=True), inference)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"rank": 0}, "rank"),
+        ({"rank": 2.5}, "rank"),
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": -1.0}, "alpha"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LoRADense(base_layer=_dense(), **kwargs)
+
+
+def test_bad_base_layers():
+    with pytest.raises(TypeError, match="Dense or keras.layers.EinsumDense"):
+        LoRADense(base_layer=keras.layers.Embedding(10, 4))
+    with pytest.raises(ValueError, match="units"):
+        LoRADense()
+    with pytest.raises(ValueError, match="not both"):
+        LoRADense(4, base_layer=_dense())
+    quantized = _dense()
+    quantized.quantize("int8")
+    with pytest.raises(ValueError, match="quantized"):
+        LoRADense(base_layer=quantized)
+    builtin = _dense()
+    builtin.enable_lora(2)
+    with pytest.raises(ValueError, match="enable_lora"):
+        LoRADense(base_layer=builtin)
+    with pytest.raises(ValueError, match="einsum equation"):
+        LoRADense(base_layer=_einsum("abc,bcd->abd", (3, 4), (2, 3, 5)))
+
+
+def test_registered_under_package():
+    assert (
+        keras.saving.get_registered_object("keras_peft>LoRADense") is LoRADense
+    )
+    assert keras_peft.layers.LoRADense is LoRADense
