@@ -12,7 +12,9 @@ import numpy as np
 from keras_peft.core import architectures
 from keras_peft.core import config as config_lib
 from keras_peft.core import injection
+from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
+from keras_peft.core import surgery
 from keras_peft.core.atomic_dir import atomic_directory
 from keras_peft.version import __version__
 
@@ -37,6 +39,20 @@ def _normalized(path):
     counter in their name, so two instances of one model differ there.
     """
     return re.sub(r"_\d+(?=/|$)", "", path)
+
+
+def _paths_correspond(saved, current):
+    """Whether a saved variable path names the model's variable.
+
+    Equal up to automatic `_N` suffixes, or equal after dropping the outer
+    name scopes one of the two models was built in.
+    """
+    saved, current = _normalized(saved), _normalized(current)
+    return (
+        saved == current
+        or saved.endswith("/" + current)
+        or current.endswith("/" + saved)
+    )
 
 
 def _may_replace(path):
@@ -153,38 +169,55 @@ def _read_bundle(path):
             f"format version {document.get('format_version')!r} is not "
             f"supported (this keras-peft reads version {FORMAT_VERSION})."
         )
-    required = (
-        "architecture",
-        "backbone_class",
-        "backbone_signature",
-        "configs",
-        "weights_file",
-        "weights_sha256",
-        "variables",
-    )
-    missing = [key for key in required if key not in document]
-    if missing:
-        fail(f"{CONFIG_FILE} lacks {missing}.")
-    weights_path = os.path.join(
-        path, os.path.basename(document["weights_file"])
-    )
+    expected_types = {
+        "architecture": str,
+        "backbone_class": str,
+        "backbone_signature": dict,
+        "configs": list,
+        "weights_file": str,
+        "weights_sha256": str,
+        "variables": list,
+    }
+    for key, kind in expected_types.items():
+        if not isinstance(document.get(key), kind):
+            fail(
+                f"{CONFIG_FILE} is corrupted: {key!r} is not a {kind.__name__}."
+            )
+    for entry in document["variables"]:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("key"), str)
+            and isinstance(entry.get("path"), str)
+            and isinstance(entry.get("shape"), list)
+            and all(isinstance(n, int) for n in entry["shape"])
+        ):
+            fail(f"{CONFIG_FILE} is corrupted: bad variable entry {entry!r}.")
+
+    weights_name = os.path.basename(document["weights_file"])
+    weights_path = os.path.join(path, weights_name)
     if not os.path.isfile(weights_path):
-        fail(f"missing {document['weights_file']}.")
+        fail(f"missing {weights_name}.")
     if _sha256(weights_path) != document["weights_sha256"]:
-        fail(f"{document['weights_file']} is corrupted (checksum mismatch).")
+        fail(f"{weights_name} is corrupted (checksum mismatch).")
     try:
         with np.load(weights_path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        fail(f"{document['weights_file']} is corrupted ({e}).")
+        fail(f"{weights_name} is corrupted ({e}).")
     for entry in document["variables"]:
-        array = arrays.get(entry.get("key"))
-        if array is None or list(array.shape) != list(entry.get("shape", [])):
-            fail(f"weights of {entry.get('path')!r} are missing or malformed.")
-    configs = tuple(config_lib.config_from_dict(c) for c in document["configs"])
+        array = arrays.get(entry["key"])
+        if array is None or list(array.shape) != entry["shape"]:
+            fail(f"weights of {entry['path']!r} are missing or malformed.")
+
+    configs = []
+    for data in document["configs"]:
+        try:
+            configs.append(config_lib.config_from_dict(data))
+        except (TypeError, ValueError) as e:
+            fail(f"bad method config {data!r}: {e}")
     if not configs:
         fail("it holds no method config.")
-    return _Bundle(document, arrays, configs)
+    return _Bundle(document, arrays, tuple(configs))
 
 
 def _describe_signature(signature):
@@ -256,10 +289,22 @@ def load_adapter(model, path):
         if plan is not None:
             plan.abandon()
         raise
+    # A merged layer holds its update inside the frozen kernel: take it out,
+    # load the new values, and fold them back in.
+    merged = [
+        layer
+        for layer, _ in layer_tree.iter_layers(context.model)
+        if getattr(layer, "merged", False)
+    ]
+    for layer in merged:
+        layer.unmerge()
     for variable, value in pairs:
         variable.assign(value.astype(variable.dtype))
+    for layer in merged:
+        layer.merge()
     if plan is not None:
         plan.install()
+    surgery.forget_compiled_functions(context.model)
     return model
 
 
@@ -287,7 +332,7 @@ def _match(path, entries, variables, arrays):
         )
     pairs = []
     for entry, variable in zip(entries, variables):
-        if _normalized(entry["path"]) != _normalized(variable.path):
+        if not _paths_correspond(entry["path"], variable.path):
             raise ValueError(
                 f"Cannot load adapter {path!r}: saved variable "
                 f"{entry['path']!r} does not correspond to the model's "

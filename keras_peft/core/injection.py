@@ -17,6 +17,7 @@ from keras_peft.core import freezing
 from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
+from keras_peft.core import tf_distribute
 from keras_peft.layers.adapter_layer import AdapterLayer
 
 
@@ -129,9 +130,10 @@ def plan(model, configs):
     )
     method_plans = []
     try:
-        for config in configs:
-            method = config_lib.method_of(config)
-            method_plans.append(method.plan(context, config))
+        with tf_distribute.creation_scope(context.model):
+            for config in configs:
+                method = config_lib.method_of(config)
+                method_plans.append(method.plan(context, config))
         _check_disjoint(method_plans)
     except BaseException:
         Plan(context, (), tuple(method_plans), original).abandon()
@@ -231,14 +233,24 @@ def remove_method(model, method_name, layer_fn):
 @contextlib.contextmanager
 def scope_of(path):
     """Opens the name scope of the layer at `path`'s parent, so a layer built
-    inside it gets the path (and variable paths) of a sibling there."""
+    inside it gets the path (and variable paths) of a sibling there, whatever
+    scope the caller is in."""
     parent, _, _ = path.rpartition("/")
-    if not parent:
-        yield
+    if parent:
+        grandparent, _, last = parent.rpartition("/")
+        with keras.name_scope(last, override_parent=grandparent):
+            yield
         return
-    grandparent, _, last = parent.rpartition("/")
-    with keras.name_scope(last, override_parent=grandparent):
+    # A top-level layer's siblings live at the root: set the caller's scopes
+    # aside (Keras offers no public way to open the root scope).
+    from keras.src.backend.common import global_state
+
+    stack = global_state.get_global_attribute("name_scope_stack")
+    global_state.set_global_attribute("name_scope_stack", [])
+    try:
         yield
+    finally:
+        global_state.set_global_attribute("name_scope_stack", stack)
 
 
 def applied_configs(model):

@@ -24,6 +24,13 @@ class TrainableSummary:
             entry per method (adapter weights), `"head"` (task layers outside
             the backbone) and `"base"` (backbone weights left trainable, such
             as LoRA biases).
+
+    Example:
+    ```python
+    summary = keras_peft.trainable_summary(classifier)
+    assert summary.trainable == sum(dict(summary.groups).values())
+    print(f"{summary.fraction:.2%} of the parameters train")
+    ```
     """
 
     model_name: str

@@ -132,6 +132,7 @@ class LoRADense(AdapterLayer):
                 raise ValueError(f"`units` must be positive. Got {units}.")
         else:
             _validate_base_layer(base_layer)
+            _parse_equation(getattr(base_layer, "equation", _DENSE_EQUATION))
             if units is not None:
                 raise ValueError(
                     "Pass either `units` or `base_layer` to LoRADense, not "
@@ -172,6 +173,9 @@ class LoRADense(AdapterLayer):
             base_layer.activation = keras.activations.linear
         self.base_layer = base_layer
         self._base_trainable = None
+        # The kernel as it was before `merge()`, so that `unmerge()` restores
+        # it bit for bit: `(k + d) - d` is not `k` in floating point.
+        self._kernel_before_merge = None
         self.dropout_layer = (
             keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
             if self.dropout > 0
@@ -221,6 +225,13 @@ class LoRADense(AdapterLayer):
         )
 
     def call(self, inputs, training=None):
+        if self.merged and training:
+            raise ValueError(
+                f"LoRADense {self.name!r} is merged: its update is inside the "
+                "frozen kernel, so training would not reach A and B. Call "
+                "`unmerge()` (or `keras_peft.unmerge_lora(model)`) before "
+                "training."
+            )
         outputs = self.base_layer(inputs)
         if not self.merged:
             equations = self._equations()
@@ -246,17 +257,27 @@ class LoRADense(AdapterLayer):
         if self.merged:
             return
         kernel = self.base_layer.kernel
+        self._kernel_before_merge = ops.convert_to_numpy(kernel)
         delta = ops.cast(self.delta_kernel(), kernel.dtype)
         kernel.assign(ops.add(kernel, delta))
         self.merged = True
 
     def unmerge(self):
-        """Takes the update back out of the base kernel. Idempotent."""
+        """Takes the update back out of the base kernel. Idempotent.
+
+        Restores the kernel exactly as it was before `merge()`, whatever
+        `A` and `B` hold now. A layer that was saved merged and reloaded
+        has no such copy; the update is subtracted instead.
+        """
         if not self.merged:
             return
         kernel = self.base_layer.kernel
-        delta = ops.cast(self.delta_kernel(), kernel.dtype)
-        kernel.assign(ops.subtract(kernel, delta))
+        if self._kernel_before_merge is not None:
+            kernel.assign(self._kernel_before_merge)
+        else:
+            delta = ops.cast(self.delta_kernel(), kernel.dtype)
+            kernel.assign(ops.subtract(kernel, delta))
+        self._kernel_before_merge = None
         self.merged = False
 
     def release(self):

@@ -62,6 +62,13 @@ def unmerge_lora(model):
 
     Returns:
         The same `model`.
+
+    Example:
+    ```python
+    keras_peft.merge_lora(classifier)
+    keras_peft.unmerge_lora(classifier)  # kernels exactly as before merging
+    classifier.fit(x, y)                 # training needs unmerged layers
+    ```
     """
     model = architectures.resolve_model(model).model
     for layer in _lora_layers(model):

@@ -169,3 +169,49 @@ def test_saving_over_an_adapter_replaces_it(saved):
     document = json.load(open(os.path.join(saved, "adapter_config.json")))
     assert document["configs"][0]["rank"] == 2
     assert sorted(os.listdir(os.path.dirname(saved))) == ["adapter"]
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("variables", 5),
+        ("variables", ["not a dict"]),
+        ("variables", [{"key": ["v0"], "path": "x", "shape": [1]}]),
+        ("weights_file", None),
+        ("configs", [{"method": "lora", "rank": -1}]),
+        ("configs", [{"method": "lora", "ranks": 4}]),
+        ("configs", ["lora"]),
+        ("backbone_signature", "bert"),
+    ],
+)
+def test_malformed_config_fields(saved, key, value):
+    config_path = os.path.join(saved, "adapter_config.json")
+    document = json.load(open(config_path))
+    document[key] = value
+    json.dump(document, open(config_path, "w"))
+    _assert_load_refused(CASE.build(), saved, "Cannot load adapter")
+
+
+def test_adapter_paths_do_not_depend_on_name_scopes(saved):
+    import keras
+
+    with keras.name_scope("serving"):
+        scoped = CASE.build()
+    keras_peft.load_adapter(scoped, saved)
+    plain = CASE.build()
+    keras_peft.load_adapter(plain, saved)
+    helpers.assert_outputs_close(CASE.outputs(scoped), CASE.outputs(plain))
+
+
+def test_adapter_variables_sit_beside_their_kernels_in_any_scope():
+    import keras
+
+    model = CASE.build()
+    with keras.name_scope("caller"):
+        keras_peft.apply(
+            model, keras_peft.LoRAConfig(rank=2, targets=["pooled_dense"])
+        )
+    assert [v.path for v in model.backbone.pooled_dense.adapter_variables] == [
+        "pooled_dense/lora_a",
+        "pooled_dense/lora_b",
+    ]

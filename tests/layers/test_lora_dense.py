@@ -251,3 +251,14 @@ def test_registered_under_package():
         keras.saving.get_registered_object("keras_peft>LoRADense") is LoRADense
     )
     assert keras_peft.layers.LoRADense is LoRADense
+
+
+def test_rejected_base_layer_is_left_untouched():
+    base = keras.layers.EinsumDense(
+        "abc,bcd->abd", output_shape=(3, 4), activation="relu"
+    )
+    base.build((2, 3, 5))
+    with pytest.raises(ValueError, match="einsum equation"):
+        LoRADense(base_layer=base)
+    assert base.activation is keras.activations.relu
+    assert base.kernel.trainable

@@ -39,7 +39,8 @@ def test_merge_and_unmerge_keep_outputs(case):
     keras_peft.unmerge_lora(model)
     keras_peft.unmerge_lora(model)
     helpers.assert_outputs_close(case.outputs(model), expected)
-    np.testing.assert_allclose(layer.numpy(), kernel, atol=1e-6)
+    # Exact, not merely close: unmerge restores the kernel bit for bit.
+    np.testing.assert_array_equal(layer.numpy(), kernel)
 
 
 def test_merge_drops_stale_traced_functions(case):
@@ -80,3 +81,31 @@ def test_merge_without_lora_is_an_error():
         keras_peft.merge_lora(model)
     with pytest.raises(ValueError, match="no LoRA layers"):
         keras_peft.unmerge_lora(model)
+
+
+def test_training_a_merged_model_is_an_error(case):
+    model = _trained(case)
+    keras_peft.merge_lora(model)
+    model.compile(optimizer="adam", loss=case.loss)
+    with pytest.raises(ValueError, match="is merged"):
+        model.fit(case.inputs(), case.labels(), verbose=0)
+
+
+def test_loading_into_a_merged_model_swaps_the_update(case, tmp_path):
+    """A merged serving model can switch tasks; the base stays intact."""
+    model = _trained(case)
+    base_kernels = [
+        np.array(v.numpy()) for v in model.weights if not v.trainable
+    ]
+    keras_peft.save_adapter(model, os.path.join(tmp_path, "a"))
+    expected = case.outputs(model)
+    for variable in model.trainable_weights:
+        variable.assign(np.zeros(variable.shape, "float32") + 0.02)
+    keras_peft.merge_lora(model)
+    keras_peft.load_adapter(model, os.path.join(tmp_path, "a"))
+    helpers.assert_outputs_close(case.outputs(model), expected)
+    keras_peft.unmerge_lora(model)
+    frozen = [np.array(v.numpy()) for v in model.weights if not v.trainable]
+    for before, after in zip(base_kernels, frozen):
+        np.testing.assert_array_equal(before, after)
+    helpers.assert_outputs_close(case.outputs(model), expected)
