@@ -2,3 +2,4 @@
 
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.lora_dense import LoRADense
+from keras_peft.layers.prompt_embedding import PromptEmbedding

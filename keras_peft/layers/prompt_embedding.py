@@ -1,0 +1,141 @@
+"""Prompt tuning: trainable vectors inserted among the input embeddings."""
+
+import keras
+from keras import ops
+
+from keras_peft.layers.adapter_layer import AdapterLayer
+
+
+@keras.saving.register_keras_serializable(package="keras_peft")
+class PromptEmbedding(AdapterLayer):
+    """Inserts `length` trainable prompt vectors into a sequence of embeddings.
+
+    Maps `(embeddings [B, T, d], padding_mask [B, T])` to
+    `(embeddings [B, length + T, d], padding_mask [B, length + T])`: the prompt
+    is inserted at position `insert_at` (0 prepends it; 1 puts it right after
+    a leading `[CLS]`), and the mask grows with ones for it. With
+    `num_prompts=K > 1` the layer holds a bank of K prompts and a `task_ids
+    [B]` input picks one per example, so one batch can mix tasks.
+
+    Args:
+        length: int. Number of prompt vectors `l`.
+        num_prompts: int. Number of prompts in the bank. Defaults to `1`.
+        insert_at: int. Sequence position of the first prompt vector.
+            Defaults to `0`.
+        prompt_initializer: initializer of the `(num_prompts, length, d)`
+            prompt variable. Defaults to uniform in `[-0.5, 0.5]` (Lester et
+            al.'s random initialization).
+        **kwargs: base layer arguments such as `name` and `dtype`.
+
+    Example:
+    ```python
+    prompt = keras_peft.layers.PromptEmbedding(length=20, num_prompts=3)
+    x, mask = prompt(embeddings, padding_mask, task_ids=np.array([0, 2]))
+    sequence = prompt.remove_prompt(transformer_output)  # back to length T
+    ```
+
+    Reference:
+        - [Lester et al., 2021](https://arxiv.org/abs/2104.08691)
+    """
+
+    method = "prompt_tuning"
+
+    def __init__(
+        self,
+        length,
+        num_prompts=1,
+        insert_at=0,
+        prompt_initializer=None,
+        **kwargs,
+    ):
+        for name, value, minimum in (
+            ("length", length, 1),
+            ("num_prompts", num_prompts, 1),
+            ("insert_at", insert_at, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"`{name}` must be an int. Got {value!r}.")
+            if value < minimum:
+                raise ValueError(
+                    f"`{name}` must be >= {minimum}. Got {value!r}."
+                )
+        super().__init__(**kwargs)
+        self.length = length
+        self.num_prompts = num_prompts
+        self.insert_at = insert_at
+        self.prompt_initializer = keras.initializers.get(
+            prompt_initializer or keras.initializers.RandomUniform(-0.5, 0.5)
+        )
+
+    def build(
+        self, embeddings_shape, padding_mask_shape=None, task_ids_shape=None
+    ):
+        self.prompt = self.add_weight(
+            name="prompt",
+            shape=(self.num_prompts, self.length, embeddings_shape[-1]),
+            initializer=self.prompt_initializer,
+        )
+
+    def _prompts_for(self, batch_size, task_ids):
+        prompt = ops.cast(self.prompt, self.compute_dtype)
+        if task_ids is None:
+            if self.num_prompts != 1:
+                raise ValueError(
+                    f"PromptEmbedding {self.name!r} holds {self.num_prompts} "
+                    "prompts: pass `task_ids` to pick one per example."
+                )
+            return ops.repeat(prompt, batch_size, axis=0)
+        return ops.take(prompt, ops.cast(task_ids, "int32"), axis=0)
+
+    def call(self, embeddings, padding_mask=None, task_ids=None):
+        batch_size = ops.shape(embeddings)[0]
+        prompts = ops.cast(
+            self._prompts_for(batch_size, task_ids), embeddings.dtype
+        )
+        head = embeddings[:, : self.insert_at]
+        tail = embeddings[:, self.insert_at :]
+        outputs = ops.concatenate([head, prompts, tail], axis=1)
+        if padding_mask is None:
+            padding_mask = ops.ones(ops.shape(embeddings)[:2], "int32")
+        ones = ops.ones((batch_size, self.length), padding_mask.dtype)
+        mask = ops.concatenate(
+            [
+                padding_mask[:, : self.insert_at],
+                ones,
+                padding_mask[:, self.insert_at :],
+            ],
+            axis=1,
+        )
+        return outputs, mask
+
+    def remove_prompt(self, sequence):
+        """Drops the prompt positions from a `[B, length + T, ...]` tensor."""
+        return ops.concatenate(
+            [
+                sequence[:, : self.insert_at],
+                sequence[:, self.insert_at + self.length :],
+            ],
+            axis=1,
+        )
+
+    def compute_output_shape(
+        self, embeddings_shape, padding_mask_shape=None, task_ids_shape=None
+    ):
+        length = embeddings_shape[1]
+        length = None if length is None else length + self.length
+        batch = embeddings_shape[0]
+        return (batch, length, embeddings_shape[-1]), (batch, length)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "length": self.length,
+                "num_prompts": self.num_prompts,
+                "insert_at": self.insert_at,
+                "prompt_initializer": keras.initializers.serialize(
+                    self.prompt_initializer
+                ),
+            }
+        )
+        return config

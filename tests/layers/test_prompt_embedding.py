@@ -1,0 +1,95 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_peft.layers import PromptEmbedding
+
+
+def _inputs(batch=2, length=4, width=3):
+    rng = np.random.default_rng(0)
+    embeddings = rng.normal(size=(batch, length, width)).astype("float32")
+    mask = np.ones((batch, length), "int32")
+    mask[0, -1] = 0
+    return embeddings, mask
+
+
+@pytest.mark.parametrize("insert_at", [0, 1])
+def test_inserts_prompt_and_grows_mask(insert_at):
+    embeddings, mask = _inputs()
+    layer = PromptEmbedding(length=2, insert_at=insert_at)
+    outputs, new_mask = layer(embeddings, mask)
+    prompt = layer.prompt.numpy()[0]
+    expected = np.concatenate(
+        [
+            embeddings[:, :insert_at],
+            np.repeat(prompt[None], 2, axis=0),
+            embeddings[:, insert_at:],
+        ],
+        axis=1,
+    )
+    np.testing.assert_array_equal(outputs, expected)
+    expected_mask = np.concatenate(
+        [mask[:, :insert_at], np.ones((2, 2), "int32"), mask[:, insert_at:]],
+        axis=1,
+    )
+    np.testing.assert_array_equal(new_mask, expected_mask)
+    np.testing.assert_array_equal(layer.remove_prompt(outputs), embeddings)
+    assert layer.compute_output_shape((2, 4, 3)) == ((2, 6, 3), (2, 6))
+
+
+def test_random_init_is_uniform_in_half_unit_interval():
+    layer = PromptEmbedding(length=50)
+    layer(*_inputs(width=40))
+    prompt = layer.prompt.numpy()
+    assert prompt.shape == (1, 50, 40)
+    assert prompt.min() >= -0.5 and prompt.max() <= 0.5
+    assert prompt.std() > 0.2  # uniform(-0.5, 0.5) has std 0.29
+
+
+def test_bank_of_prompts_selected_per_example():
+    embeddings, mask = _inputs(batch=3)
+    embeddings = np.concatenate([embeddings, embeddings[:1]], 0)[:3]
+    layer = PromptEmbedding(length=2, num_prompts=3)
+    outputs, _ = layer(
+        embeddings, mask[[0, 1, 0]], task_ids=np.array([2, 0, 1])
+    )
+    bank = layer.prompt.numpy()
+    for row, task in enumerate([2, 0, 1]):
+        np.testing.assert_array_equal(outputs[row, :2], bank[task])
+    with pytest.raises(ValueError, match="task_ids"):
+        layer(embeddings, mask[[0, 1, 0]])
+
+
+def test_mixed_precision_output_dtype():
+    layer = PromptEmbedding(length=2, dtype="mixed_bfloat16")
+    outputs, _ = layer(*_inputs())
+    assert keras.backend.standardize_dtype(outputs.dtype) == "bfloat16"
+    assert layer.prompt.dtype == "float32"
+
+
+def test_serialization_round_trip(tmp_path):
+    embeddings = keras.Input((4, 3))
+    mask = keras.Input((4,), dtype="int32")
+    outputs, new_mask = PromptEmbedding(length=2, insert_at=1)(embeddings, mask)
+    model = keras.Model([embeddings, mask], [outputs, new_mask])
+    x = _inputs()
+    expected = model.predict(list(x), verbose=0)
+    path = os.path.join(tmp_path, "prompt.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    for a, b in zip(restored.predict(list(x), verbose=0), expected):
+        np.testing.assert_array_equal(a, b)
+    layer = restored.layers[-1]
+    assert PromptEmbedding.from_config(layer.get_config()).get_config() == (
+        layer.get_config()
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"length": 0}, {"length": 2.0}, {"length": 2, "num_prompts": 0}]
+)
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        PromptEmbedding(**kwargs)
