@@ -1,0 +1,313 @@
+"""Prefix tuning: trainable keys and values prepended at an attention layer."""
+
+import functools
+
+import keras
+from keras import ops
+from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+
+from keras_peft.layers.adapter_layer import AdapterLayer
+
+# T5 folds its attention mask into the position bias with this value.
+_T5_MASK_BIAS = -1e9
+
+
+def _attention_dims(layer):
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return layer.num_heads, layer.key_dim, layer.value_dim or layer.key_dim
+    if isinstance(layer, T5MultiHeadAttention):
+        head_dim = layer.key_value_dim
+        return layer.num_heads, head_dim, head_dim
+    raise TypeError(
+        "PrefixAttention wraps a keras.layers.MultiHeadAttention or "
+        f"keras-hub's T5MultiHeadAttention. Received: {type(layer).__name__}"
+    )
+
+
+@keras.saving.register_keras_serializable(package="keras_peft")
+class PrefixAttention(AdapterLayer):
+    """An attention layer whose keys and values start with a trained prefix.
+
+    At every call, `length` trainable key vectors `P_k` and value vectors
+    `P_v` (per head) are prepended to the projected keys and values, and the
+    attention mask grows with ones for them, so each query attends over
+    `[P_k; K]`. Query length and output shapes are unchanged. By the unified
+    view of He et al. (2022) the output is
+    `(1 - lambda) * Attn(Q, K, V) + lambda * Attn(Q, P_k, P_v)`.
+
+    The wrapped layer's own code does the attention: for a
+    `keras.layers.MultiHeadAttention` only its `_compute_attention` step is
+    extended (the prefix joins the projected keys and values); for keras-hub's
+    `T5MultiHeadAttention` the prefix enters through the layer's key/value
+    cache, so full forward passes and keras-hub's cached decoding see the
+    same prefix. T5's relative position bias is 0 for prefix keys: they have
+    no position. The bias of real keys is exactly as before.
+
+    Args:
+        attention_layer: a built `keras.layers.MultiHeadAttention` or
+            `T5MultiHeadAttention`.
+        length: int. Number of prefix vectors `l`.
+        prefix_initializer: initializer of the `(length, heads, head_dim)`
+            prefix keys and values. Defaults to `RandomNormal(stddev=0.02)`.
+        **kwargs: base layer arguments such as `name`.
+
+    Example:
+    ```python
+    mha = keras.layers.MultiHeadAttention(num_heads=4, key_dim=16)
+    mha.build((None, 10, 64), (None, 10, 64))
+    layer = keras_peft.layers.PrefixAttention(mha, length=30)
+    y = layer(x, x)  # same call signature as the wrapped layer
+    ```
+
+    Reference:
+        - [Li & Liang, 2021](https://arxiv.org/abs/2101.00190)
+        - [He et al., 2022](https://arxiv.org/abs/2110.04366)
+    """
+
+    method = "prefix_tuning"
+
+    def __new__(cls, attention_layer=None, *args, **kwargs):
+        # One public layer; each attention kind has its own call signature.
+        if cls is PrefixAttention and isinstance(
+            attention_layer, T5MultiHeadAttention
+        ):
+            cls = T5PrefixAttention
+        return super().__new__(cls, attention_layer, *args, **kwargs)
+
+    def __init__(
+        self, attention_layer, length, prefix_initializer=None, **kwargs
+    ):
+        heads, key_dim, value_dim = _attention_dims(attention_layer)
+        if not isinstance(length, int) or isinstance(length, bool):
+            raise ValueError(f"`length` must be an int. Got {length!r}.")
+        if length < 1:
+            raise ValueError(f"`length` must be positive. Got {length}.")
+        if not attention_layer.built:
+            raise ValueError(
+                f"PrefixAttention needs a built attention layer; "
+                f"{attention_layer.name!r} is not built."
+            )
+        kwargs.setdefault("name", attention_layer.name)
+        kwargs.setdefault("dtype", attention_layer.dtype_policy)
+        super().__init__(**kwargs)
+        self.base_layer = attention_layer
+        self.length = length
+        self.num_heads, self.key_dim, self.value_dim = heads, key_dim, value_dim
+        self.prefix_initializer = keras.initializers.get(
+            prefix_initializer or keras.initializers.RandomNormal(stddev=0.02)
+        )
+        self.build()
+        self._base_trainable = [v.trainable for v in attention_layer.weights]
+        for variable in attention_layer.weights:
+            variable.trainable = False
+        if isinstance(attention_layer, keras.layers.MultiHeadAttention):
+            # The smallest piece of Keras' attention to extend: the step that
+            # attends over the projected keys and values.
+            original = functools.partial(
+                type(attention_layer)._compute_attention, attention_layer
+            )
+            attention_layer._compute_attention = functools.partial(
+                self._compute_attention_with_prefix, original
+            )
+
+    def build(self, *args, **kwargs):
+        if self.built:
+            return
+        self.prefix_key = self.add_weight(
+            name="prefix_key",
+            shape=(self.length, self.num_heads, self.key_dim),
+            initializer=self.prefix_initializer,
+        )
+        self.prefix_value = self.add_weight(
+            name="prefix_value",
+            shape=(self.length, self.num_heads, self.value_dim),
+            initializer=self.prefix_initializer,
+        )
+        self.built = True
+
+    def prefix(self):
+        """The prefix keys and values, each `(length, heads, head_dim)`."""
+        return self.prefix_key, self.prefix_value
+
+    def _batched_prefix(self, batch_size, dtype):
+        keys, values = self.prefix()
+        keys = ops.cast(keys, dtype)[None]
+        values = ops.cast(values, dtype)[None]
+        return (
+            ops.broadcast_to(keys, (batch_size, *keys.shape[1:])),
+            ops.broadcast_to(values, (batch_size, *values.shape[1:])),
+        )
+
+    def _compute_attention_with_prefix(
+        self,
+        original,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+    ):
+        prefix_key, prefix_value = self._batched_prefix(
+            ops.shape(key)[0], key.dtype
+        )
+        if use_causal_mask and attention_mask is None:
+            query_length, key_length = ops.shape(query)[1], ops.shape(key)[1]
+            attention_mask = ops.tril(
+                ops.ones((1, query_length, key_length), "bool"),
+                k=key_length - query_length,
+            )
+        key = ops.concatenate([prefix_key, key], axis=1)
+        value = ops.concatenate([prefix_value, value], axis=1)
+        if attention_mask is not None:
+            ones = ops.ones(
+                (*ops.shape(attention_mask)[:-1], self.length),
+                attention_mask.dtype,
+            )
+            attention_mask = ops.concatenate([ones, attention_mask], axis=-1)
+        return original(
+            query, key, value, attention_mask, training, return_attention_scores
+        )
+
+    def call(
+        self,
+        query,
+        value,
+        key=None,
+        query_mask=None,
+        value_mask=None,
+        key_mask=None,
+        attention_mask=None,
+        return_attention_scores=False,
+        training=None,
+        use_causal_mask=False,
+    ):
+        return self.base_layer(
+            query,
+            value,
+            key=key,
+            query_mask=query_mask,
+            value_mask=value_mask,
+            key_mask=key_mask,
+            attention_mask=attention_mask,
+            return_attention_scores=return_attention_scores,
+            training=training,
+            use_causal_mask=use_causal_mask,
+        )
+
+    def release(self):
+        """Gives the attention layer back its own attention step and flags."""
+        if "_compute_attention" in vars(self.base_layer):
+            del self.base_layer._compute_attention
+        for variable, trainable in zip(
+            self.base_layer.weights, self._base_trainable
+        ):
+            variable.trainable = trainable
+        return self.base_layer
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "length": self.length,
+                "prefix_initializer": keras.initializers.serialize(
+                    self.prefix_initializer
+                ),
+                "attention_layer": keras.saving.serialize_keras_object(
+                    self.base_layer
+                ),
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["attention_layer"] = keras.saving.deserialize_keras_object(
+            config["attention_layer"]
+        )
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_peft")
+class T5PrefixAttention(PrefixAttention):
+    """`PrefixAttention` around keras-hub's `T5MultiHeadAttention`.
+
+    `PrefixAttention(t5_attention, length)` returns one of these; it takes
+    and returns what `T5MultiHeadAttention` does.
+    """
+
+    def call(
+        self,
+        hidden_states,
+        mask=None,
+        key_value_states=None,
+        position_bias=None,
+        cache=None,
+        cache_update_index=None,
+        training=False,
+    ):
+        base = self.base_layer
+        batch_size, query_length = ops.shape(hidden_states)[:2]
+        prefix_key, prefix_value = self._batched_prefix(
+            batch_size, base.compute_dtype
+        )
+        prefix_cache = ops.stack([prefix_key, prefix_value], axis=1)
+        # The prefix enters through T5's cache: a cache holding it, updated
+        # at an index shifted past it, yields keys `[P_k; K]`.
+        if cache is None:
+            sources = (
+                hidden_states
+                if key_value_states is None
+                else (key_value_states)
+            )
+            key_length = ops.shape(sources)[1]
+            empty = ops.zeros(
+                (batch_size, 2, key_length, self.num_heads, self.key_dim),
+                base.compute_dtype,
+            )
+            extended_cache = ops.concatenate([prefix_cache, empty], axis=2)
+            index, query_start = self.length, 0
+        else:
+            key_length = ops.shape(cache)[2]
+            extended_cache = ops.concatenate(
+                [ops.cast(prefix_cache, cache.dtype), cache], axis=2
+            )
+            if cache_update_index is None:
+                index, query_start = None, 0
+            else:
+                index = cache_update_index + self.length
+                query_start = cache_update_index
+
+        if position_bias is None:
+            if base.use_relative_attention_bias:
+                position_bias = base.compute_bias(
+                    query_length, key_length, query_start_index=query_start
+                )
+            else:
+                position_bias = ops.zeros(
+                    (1, self.num_heads, query_length, key_length),
+                    base.compute_dtype,
+                )
+            if mask is not None:
+                mask = ops.cast(mask[:, None, :, :], position_bias.dtype)
+                position_bias = position_bias + (1.0 - mask) * _T5_MASK_BIAS
+            # Prefix keys have no position: their bias is 0.
+            zeros = ops.zeros(
+                (*ops.shape(position_bias)[:-1], self.length),
+                position_bias.dtype,
+            )
+            position_bias = ops.concatenate([zeros, position_bias], axis=-1)
+
+        outputs, position_bias, extended_cache = base(
+            hidden_states,
+            key_value_states=key_value_states,
+            position_bias=position_bias,
+            cache=extended_cache,
+            cache_update_index=index,
+            training=training,
+        )
+        if cache is None:
+            return outputs, position_bias, None
+        return outputs, position_bias, extended_cache[:, :, self.length :]

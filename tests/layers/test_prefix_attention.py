@@ -1,0 +1,224 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+
+from keras_peft.layers import PrefixAttention
+
+B, T, S, D, HEADS, HEAD_DIM, L = 2, 5, 6, 8, 2, 4, 3
+
+
+def _softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _mha():
+    mha = keras.layers.MultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM)
+    mha.build((B, T, D), (B, S, D))
+    return mha
+
+
+def _randomize_prefix(layer, seed=0):
+    rng = np.random.default_rng(seed)
+    for variable in (layer.prefix_key, layer.prefix_value):
+        variable.assign(rng.normal(size=variable.shape).astype("float32"))
+
+
+def _project(dense, x):
+    return np.asarray(dense(x))
+
+
+def test_mha_output_equals_unified_view_formula():
+    """He et al.'s decomposition, computed independently in NumPy:
+    Attn(Q, [Pk; K], [Pv; V]) = (1 - lam) Attn(Q, K, V) + lam Attn(Q, Pk, Pv).
+    """
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(B, T, D)).astype("float32")
+    value = rng.normal(size=(B, S, D)).astype("float32")
+    mask = np.ones((B, T, S), bool)
+    mask[1, :, -2:] = False
+    mha = _mha()
+    layer = PrefixAttention(mha, length=L)
+    _randomize_prefix(layer)
+    output = np.asarray(layer(query, value, attention_mask=mask))
+
+    q = _project(mha._query_dense, query) / np.sqrt(HEAD_DIM)
+    k = _project(mha._key_dense, value)
+    v = _project(mha._value_dense, value)
+    pk, pv = layer.prefix_key.numpy(), layer.prefix_value.numpy()
+    scores = np.einsum("btnh,bsnh->bnts", q, k)
+    scores = np.where(mask[:, None], scores, -np.inf)
+    prefix_scores = np.einsum("btnh,snh->bnts", q, pk)
+    # Row-wise normalizers of each part and the mixing weight lambda(Q).
+    z_real = np.exp(scores).sum(-1, keepdims=True)
+    z_prefix = np.exp(prefix_scores).sum(-1, keepdims=True)
+    lam = z_prefix / (z_prefix + z_real)
+    attn_real = np.einsum("bnts,bsnh->btnh", _softmax(scores), v)
+    attn_prefix = np.einsum("bnts,snh->btnh", _softmax(prefix_scores), pv)
+    lam = np.transpose(lam, (0, 2, 1, 3))
+    mixed = (1 - lam) * attn_real + lam * attn_prefix
+    expected = _project(mha._output_dense, mixed.astype("float32"))
+    np.testing.assert_allclose(output, expected, atol=1e-5)
+
+
+def test_mha_without_mask_and_with_causal_mask():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(B, T, D)).astype("float32")
+    mha = _mha()
+    layer = PrefixAttention(mha, length=L)
+    _randomize_prefix(layer)
+    no_mask = np.asarray(layer(x, x))
+    all_ones = np.asarray(layer(x, x, attention_mask=np.ones((B, T, T), bool)))
+    np.testing.assert_allclose(no_mask, all_ones, atol=1e-6)
+    causal = np.asarray(layer(x, x, use_causal_mask=True))
+    explicit = np.asarray(
+        layer(x, x, attention_mask=np.tril(np.ones((B, T, T), bool)))
+    )
+    np.testing.assert_allclose(causal, explicit, atol=1e-6)
+    # The first query sees only itself and the prefix: it changes with it.
+    layer.prefix_value.assign(layer.prefix_value.numpy() + 1.0)
+    assert not np.allclose(
+        np.asarray(layer(x, x, use_causal_mask=True)), causal
+    )
+
+
+def test_shapes_counts_and_frozen_base():
+    mha = _mha()
+    layer = PrefixAttention(mha, length=L)
+    assert [v.name for v in layer.trainable_weights] == [
+        "prefix_key",
+        "prefix_value",
+    ]
+    assert sum(int(np.prod(v.shape)) for v in layer.adapter_variables) == (
+        2 * L * HEADS * HEAD_DIM
+    )
+    x = np.zeros((B, T, D), "float32")
+    assert layer(x, x).shape == (B, T, D)
+    assert layer.release() is mha
+    assert all(v.trainable for v in mha.weights)
+    # Released: the plain layer attends without the prefix again.
+    assert "_compute_attention" not in vars(mha)
+
+
+def _t5_attention(is_decoder, relative):
+    layer = T5MultiHeadAttention(
+        is_decoder=is_decoder,
+        hidden_dim=D,
+        key_value_dim=HEAD_DIM,
+        num_heads=HEADS,
+        dropout=0.0,
+        use_relative_attention_bias=relative,
+    )
+    layer(np.zeros((1, 2, D), "float32"))
+    return layer
+
+
+def _t5_reference(base, layer, x, kv, mask, start=0):
+    """T5 attention over [prefix; keys], written out in NumPy."""
+    heads = lambda t: t.reshape(t.shape[0], t.shape[1], HEADS, HEAD_DIM)  # noqa
+    q = heads(_project(base.query_projector, x))
+    k = heads(_project(base.key_projector, kv))
+    v = heads(_project(base.value_projector, kv))
+    pk, pv = layer.prefix_key.numpy(), layer.prefix_value.numpy()
+    scores = np.einsum("bqnd,bknd->bnqk", q, k)
+    if base.use_relative_attention_bias:
+        scores = scores + np.asarray(
+            base.compute_bias(x.shape[1], kv.shape[1], query_start_index=start)
+        )
+    scores = scores + (1.0 - mask[:, None]) * -1e9
+    prefix_scores = np.einsum("bqnd,knd->bnqk", q, pk)  # no position bias
+    weights = _softmax(np.concatenate([prefix_scores, scores], -1))
+    values = np.concatenate(
+        [np.broadcast_to(pv, (x.shape[0], *pv.shape)), v], 1
+    )
+    out = np.einsum("bnqk,bknd->bqnd", weights, values)
+    out = out.reshape(x.shape[0], x.shape[1], HEADS * HEAD_DIM)
+    return _project(base.output_projector, out.astype("float32"))
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_t5_self_attention_matches_reference(relative):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(B, T, D)).astype("float32")
+    mask = np.ones((B, T, T), "float32")
+    mask[0, :, -1] = 0
+    base = _t5_attention(is_decoder=False, relative=relative)
+    layer = PrefixAttention(base, length=L)
+    _randomize_prefix(layer)
+    output, bias, cache = layer(x, mask=mask)
+    assert cache is None
+    assert bias.shape[-1] == L + T
+    np.testing.assert_array_equal(np.asarray(bias)[..., :L], 0.0)
+    np.testing.assert_allclose(
+        output, _t5_reference(base, layer, x, x, mask), atol=1e-5
+    )
+    # A later layer of the stack reuses the extended bias as it is.
+    again, _, _ = layer(x, position_bias=bias)
+    np.testing.assert_allclose(again, output, atol=1e-6)
+
+
+def test_t5_cross_attention_matches_reference():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(B, T, D)).astype("float32")
+    encoder = rng.normal(size=(B, S, D)).astype("float32")
+    mask = np.ones((B, 1, S), "float32")
+    mask[1, :, -2:] = 0
+    base = _t5_attention(is_decoder=True, relative=False)
+    layer = PrefixAttention(base, length=L)
+    _randomize_prefix(layer)
+    output, _, _ = layer(x, mask=mask, key_value_states=encoder)
+    expected = _t5_reference(
+        base, layer, x, encoder, np.broadcast_to(mask, (B, T, S))
+    )
+    np.testing.assert_allclose(output, expected, atol=1e-5)
+
+
+def test_t5_cached_decoding_equals_full_pass():
+    """keras-hub's cache path: one query at a time, prefix outside the cache."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(B, T, D)).astype("float32")
+    causal = np.tril(np.ones((T, T), "float32"))[None].repeat(B, 0)
+    base = _t5_attention(is_decoder=True, relative=True)
+    layer = PrefixAttention(base, length=L)
+    _randomize_prefix(layer)
+    full, _, _ = layer(x, mask=causal)
+    cache = np.zeros((B, 2, T, HEADS, HEAD_DIM), "float32")
+    for step in range(T):
+        out, _, cache = layer(
+            x[:, step : step + 1],
+            mask=causal[:, step : step + 1],
+            cache=cache,
+            cache_update_index=step,
+        )
+        assert cache.shape == (B, 2, T, HEADS, HEAD_DIM)
+        np.testing.assert_allclose(out[:, 0], full[:, step], atol=1e-5)
+
+
+def test_serialization_round_trip(tmp_path):
+    query = keras.Input((T, D))
+    outputs = PrefixAttention(_mha(), length=L)(query, query)
+    model = keras.Model(query, outputs)
+    _randomize_prefix(model.layers[-1])
+    x = np.random.default_rng(5).normal(size=(B, T, D)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    path = os.path.join(tmp_path, "prefix.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), expected, atol=1e-6
+    )
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="MultiHeadAttention"):
+        PrefixAttention(keras.layers.Dense(3), length=2)
+    with pytest.raises(ValueError, match="length"):
+        PrefixAttention(_mha(), length=0)
+    with pytest.raises(ValueError, match="built"):
+        PrefixAttention(
+            keras.layers.MultiHeadAttention(num_heads=2, key_dim=2), length=2
+        )
