@@ -15,11 +15,23 @@ def _is_linear(activation):
     return activation is None or activation is keras.activations.linear
 
 
-def _parse_equation(equation):
-    """Splits a dense einsum equation into LoRA's down/up/merge equations.
+def _expand_ellipsis(equation, input_rank):
+    """Writes the `...` of an einsum equation out as letters."""
+    if "..." not in equation:
+        return equation
+    input_spec = equation.split(",")[0]
+    count = input_rank - (len(input_spec) - 3)
+    free = [c for c in string.ascii_lowercase if c not in equation]
+    return equation.replace("...", "".join(free[:count]))
+
+
+def _parse_equation(equation, input_rank=None):
+    """Splits a dense einsum equation into LoRA's equations.
 
     The kernel's axes that the input shares are the ones LoRA's down matrix
     `A` contracts; the rest are the output axes LoRA's up matrix `B` spans.
+    With `input_rank`, `...` is written out and the gradient equations of
+    the fused forward pass are included.
     """
     try:
         inputs, output = equation.split("->")
@@ -29,6 +41,10 @@ def _parse_equation(equation):
             f"Cannot apply LoRA to einsum equation {equation!r}: expected "
             "the form 'input,kernel->output'."
         ) from None
+    if input_rank is not None:
+        equation = _expand_ellipsis(equation, input_rank)
+        inputs, output = equation.split("->")
+        input_spec, kernel_spec = inputs.split(",")
     in_axes = "".join(c for c in kernel_spec if c in input_spec)
     out_axes = "".join(c for c in kernel_spec if c not in input_spec)
     shared = [c for c in in_axes if c in output]
@@ -44,12 +60,19 @@ def _parse_equation(equation):
     rest = input_spec
     for axis in in_axes:
         rest = rest.replace(axis, "")
+    z = rank_axis
     return {
         "in_axes": [kernel_spec.index(c) for c in in_axes],
         "out_axes": [kernel_spec.index(c) for c in out_axes],
-        "down": f"{input_spec},{in_axes}{rank_axis}->{rest}{rank_axis}",
-        "up": f"{rest}{rank_axis},{rank_axis}{out_axes}->{output}",
-        "merge": f"{in_axes}{rank_axis},{rank_axis}{out_axes}->{kernel_spec}",
+        "forward": equation,
+        "down": f"{input_spec},{in_axes}{z}->{rest}{z}",
+        "up": f"{rest}{z},{z}{out_axes}->{output}",
+        "merge": f"{in_axes}{z},{z}{out_axes}->{kernel_spec}",
+        # Gradients of the fused forward pass (see `LoRADense._fused`).
+        "grad_input": f"{output},{kernel_spec}->{input_spec}",
+        "grad_b": f"{rest}{z},{output}->{z}{out_axes}",
+        "grad_down": f"{output},{z}{out_axes}->{rest}{z}",
+        "grad_a": f"{input_spec},{rest}{z}->{in_axes}{z}",
     }
 
 
@@ -191,9 +214,9 @@ class LoRADense(AdapterLayer):
             return self.alpha / math.sqrt(self.rank)
         return self.alpha / self.rank
 
-    def _equations(self):
+    def _equations(self, input_rank=None):
         equation = getattr(self.base_layer, "equation", _DENSE_EQUATION)
-        return _parse_equation(equation)
+        return _parse_equation(equation, input_rank)
 
     def build(self, input_shape):
         if not self.base_layer.built:
@@ -232,20 +255,63 @@ class LoRADense(AdapterLayer):
                 "`unmerge()` (or `keras_peft.unmerge_lora(model)`) before "
                 "training."
             )
-        outputs = self.base_layer(inputs)
-        if not self.merged:
-            equations = self._equations()
-            x = inputs
-            if self.dropout_layer is not None:
-                x = self.dropout_layer(x, training=training)
-            down = ops.einsum(
-                equations["down"], x, ops.cast(self.lora_a, x.dtype)
+        if self.merged:
+            return self.activation(self.base_layer(inputs))
+        # Scaling the small B, not the activation-sized update, saves a
+        # full-size multiply per call.
+        lora_a = ops.cast(self.lora_a, inputs.dtype)
+        lora_b = ops.cast(ops.multiply(self.lora_b, self.scale), inputs.dtype)
+        equations = self._equations(len(inputs.shape))
+        if self.dropout_layer is not None and training:
+            x = self.dropout_layer(inputs, training=training)
+            down = ops.einsum(equations["down"], x, lora_a)
+            update = ops.einsum(equations["up"], down, lora_b)
+            outputs = ops.add(self.base_layer(inputs), update)
+        else:
+            outputs = self._fused(equations)(
+                inputs,
+                ops.cast(self.base_layer.kernel, inputs.dtype),
+                lora_a,
+                lora_b,
             )
-            up = ops.einsum(
-                equations["up"], down, ops.cast(self.lora_b, x.dtype)
-            )
-            outputs = outputs + up * ops.cast(self.scale, up.dtype)
+            if self.base_layer.bias is not None:
+                bias = ops.cast(self.base_layer.bias, outputs.dtype)
+                outputs = ops.add(outputs, bias)
         return self.activation(outputs)
+
+    @staticmethod
+    def _fused(equations):
+        """`x -> x (W + A B)` with the gradients of the low-rank form.
+
+        The forward pass is one einsum with the merged kernel, as cheap as the
+        base layer's. The backward pass never forms the full kernel gradient
+        (which the base kernel, being frozen, does not need): `A` and `B` get
+        theirs from thin rank-`r` products, and the input gets the merged
+        kernel's transpose product.
+        """
+
+        @ops.custom_gradient
+        def fused(x, kernel, lora_a, lora_b):
+            merged = ops.add(
+                kernel, ops.einsum(equations["merge"], lora_a, lora_b)
+            )
+            outputs = ops.einsum(equations["forward"], x, merged)
+
+            def grad(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                down = ops.einsum(equations["down"], x, lora_a)
+                grad_down = ops.einsum(equations["grad_down"], upstream, lora_b)
+                return (
+                    ops.einsum(equations["grad_input"], upstream, merged),
+                    ops.zeros_like(kernel),
+                    ops.einsum(equations["grad_a"], x, grad_down),
+                    ops.einsum(equations["grad_b"], down, upstream),
+                )
+
+            return outputs, grad
+
+        return fused
 
     def delta_kernel(self):
         """The update `scale * A @ B` in the base kernel's layout (float32)."""

@@ -262,3 +262,46 @@ def test_rejected_base_layer_is_left_untouched():
         LoRADense(base_layer=base)
     assert base.activation is keras.activations.relu
     assert base.kernel.trainable
+
+
+@pytest.mark.parametrize(
+    "equation,out,inp",
+    [case[:3] for case in EINSUM_CASES] + [("...a,ab->...b", None, (2, 3, 5))],
+)
+def test_fused_gradients_equal_autodiff_of_low_rank_form(equation, out, inp):
+    """The custom gradient of the fused forward pass is the true gradient."""
+    tf = pytest.importorskip("tensorflow")
+    if equation.startswith("..."):
+        base = keras.layers.Dense(6, activation="tanh")
+        base.build(inp)
+    else:
+        base = _einsum(equation, out, inp)
+    layer = LoRADense(base_layer=base, rank=3, alpha=6)
+    _randomize(layer, seed=3)
+    x = tf.constant(np.random.default_rng(4).normal(size=inp), "float32")
+    weights = np.random.default_rng(5).normal(size=layer(x).shape)
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x) * weights)
+        # The same function written out: base(x) + scale * (x A) B.
+        equations = layer._equations(len(inp))
+        down = tf.einsum(equations["down"], x, layer.lora_a.value)
+        update = tf.einsum(equations["up"], down, layer.lora_b.value)
+        pre = tf.einsum(equations["forward"], x, base.kernel.value)
+        if base.bias is not None:
+            pre = pre + base.bias.value
+        reference = tf.reduce_sum(
+            layer.activation(pre + layer.scale * update) * weights
+        )
+    np.testing.assert_allclose(loss, reference, rtol=1e-5)
+    for source in (x, layer.lora_a.value, layer.lora_b.value):
+        np.testing.assert_allclose(
+            tape.gradient(loss, source),
+            tape.gradient(reference, source),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    assert tape.gradient(loss, base.kernel.value) is None or np.allclose(
+        tape.gradient(loss, base.kernel.value), 0
+    )
