@@ -92,6 +92,12 @@ class LoRADense(AdapterLayer):
     `A` and `B` are float32 whatever the dtype policy. `merge()` folds the
     update into the base kernel (no inference cost); `unmerge()` takes it out.
 
+    Without active dropout the forward pass is a single einsum with the
+    kernel `W + scale * A @ B` (as cheap as the base layer), and a custom
+    gradient gives `A` and `B` their gradients through thin rank-`r`
+    products, never forming the full kernel gradient that keras' built-in
+    `enable_lora` computes.
+
     Args:
         units: int. Output width of a new frozen `Dense`, when `base_layer` is
             not given. Defaults to `None`.
