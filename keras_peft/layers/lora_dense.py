@@ -17,10 +17,20 @@ def _is_linear(activation):
 
 def _expand_ellipsis(equation, input_rank):
     """Writes the `...` of an einsum equation out as letters."""
-    if "..." not in equation:
-        return equation
     input_spec = equation.split(",")[0]
+    if "..." not in equation:
+        if input_rank != len(input_spec):
+            raise ValueError(
+                f"An input of rank {input_rank} does not fit the einsum "
+                f"equation {equation!r}."
+            )
+        return equation
     count = input_rank - (len(input_spec) - 3)
+    if count < 0:
+        raise ValueError(
+            f"An input of rank {input_rank} does not fit the einsum "
+            f"equation {equation!r}."
+        )
     free = [c for c in string.ascii_lowercase if c not in equation]
     return equation.replace("...", "".join(free[:count]))
 
@@ -62,6 +72,9 @@ def _parse_equation(equation, input_rank=None):
         rest = rest.replace(axis, "")
     z = rank_axis
     return {
+        # The fused pass's gradients need every non-contracted input axis in
+        # the output; an equation that sums one away takes the plain path.
+        "fusable": set(rest) <= set(output),
         "in_axes": [kernel_spec.index(c) for c in in_axes],
         "out_axes": [kernel_spec.index(c) for c in out_axes],
         "forward": equation,
@@ -268,8 +281,12 @@ class LoRADense(AdapterLayer):
         lora_a = ops.cast(self.lora_a, inputs.dtype)
         lora_b = ops.cast(ops.multiply(self.lora_b, self.scale), inputs.dtype)
         equations = self._equations(len(inputs.shape))
-        if self.dropout_layer is not None and training:
-            x = self.dropout_layer(inputs, training=training)
+        if (self.dropout_layer is not None and training) or not equations[
+            "fusable"
+        ]:
+            x = inputs
+            if self.dropout_layer is not None:
+                x = self.dropout_layer(inputs, training=training)
             down = ops.einsum(equations["down"], x, lora_a)
             update = ops.einsum(equations["up"], down, lora_b)
             outputs = ops.add(self.base_layer(inputs), update)
@@ -325,7 +342,11 @@ class LoRADense(AdapterLayer):
         return delta * self.scale
 
     def merge(self):
-        """Folds the update into the base kernel. Idempotent."""
+        """Folds the update into the base kernel. Idempotent.
+
+        Keeps a host copy of the kernel so that `unmerge()` is exact; the copy
+        goes with the layer (`keras_peft.merge_lora(model, unload=True)`).
+        """
         if self.merged:
             return
         kernel = self.base_layer.kernel

@@ -293,17 +293,17 @@ class T5PrefixAttention(PrefixAttention):
             if mask is not None:
                 mask = ops.cast(mask[:, None, :, :], position_bias.dtype)
                 position_bias = position_bias + (1.0 - mask) * _T5_MASK_BIAS
-            # Prefix keys have no position: their bias is 0.
-            zeros = ops.zeros(
-                (*ops.shape(position_bias)[:-1], self.length),
-                position_bias.dtype,
-            )
-            position_bias = ops.concatenate([zeros, position_bias], axis=-1)
-
-        outputs, position_bias, extended_cache = base(
+        # Prefix keys have no position: their bias is 0. The bias passed on
+        # to the next layer of the stack stays without the prefix columns,
+        # so wrapped and plain layers can follow one another.
+        zeros = ops.zeros(
+            (*ops.shape(position_bias)[:-1], self.length),
+            position_bias.dtype,
+        )
+        outputs, _, extended_cache = base(
             hidden_states,
             key_value_states=key_value_states,
-            position_bias=position_bias,
+            position_bias=ops.concatenate([zeros, position_bias], axis=-1),
             cache=extended_cache,
             cache_update_index=index,
             training=training,

@@ -266,7 +266,8 @@ def test_rejected_base_layer_is_left_untouched():
 
 @pytest.mark.parametrize(
     "equation,out,inp",
-    [case[:3] for case in EINSUM_CASES] + [("...a,ab->...b", None, (2, 3, 5))],
+    [case[:3] for case in EINSUM_CASES]
+    + [("...a,ab->...b", None, (2, 3, 5)), ("abc,cd->ad", (6,), (2, 4, 5))],
 )
 def test_fused_gradients_equal_autodiff_of_low_rank_form(equation, out, inp):
     """The custom gradient of the fused forward pass is the true gradient."""
@@ -302,6 +303,17 @@ def test_fused_gradients_equal_autodiff_of_low_rank_form(equation, out, inp):
             rtol=1e-4,
             atol=1e-5,
         )
-    assert tape.gradient(loss, base.kernel.value) is None or np.allclose(
-        tape.gradient(loss, base.kernel.value), 0
+    if equations["fusable"]:
+        # The fused pass never forms the (unneeded) frozen kernel gradient.
+        kernel_gradient = tape.gradient(loss, base.kernel.value)
+        assert kernel_gradient is None or np.allclose(kernel_gradient, 0)
+
+
+def test_input_rank_that_does_not_fit_is_a_clear_error():
+    einsum = LoRADense(
+        base_layer=_einsum("abc,cde->abde", (None, 2, 4), (2, 7, 8))
     )
+    with pytest.raises(ValueError, match="does not fit"):
+        einsum._equations(2)
+    with pytest.raises(ValueError, match="does not fit"):
+        LoRADense(base_layer=_dense())._equations(0)

@@ -117,19 +117,26 @@ def _t5_attention(is_decoder, relative):
     return layer
 
 
-def _t5_reference(base, layer, x, kv, mask, start=0):
-    """T5 attention over [prefix; keys], written out in NumPy."""
+def _t5_reference(base, layer, x, kv, mask, start=0, bias=None):
+    """T5 attention over [prefix; keys], written out in NumPy.
+
+    `bias`, when given, is a position bias inherited from an earlier layer
+    (mask already folded in) and replaces the layer's own bias and mask.
+    """
     heads = lambda t: t.reshape(t.shape[0], t.shape[1], HEADS, HEAD_DIM)  # noqa
     q = heads(_project(base.query_projector, x))
     k = heads(_project(base.key_projector, kv))
     v = heads(_project(base.value_projector, kv))
     pk, pv = layer.prefix_key.numpy(), layer.prefix_value.numpy()
     scores = np.einsum("bqnd,bknd->bnqk", q, k)
-    if base.use_relative_attention_bias:
+    if bias is not None:
+        scores = scores + np.asarray(bias)
+    elif base.use_relative_attention_bias:
         scores = scores + np.asarray(
             base.compute_bias(x.shape[1], kv.shape[1], query_start_index=start)
         )
-    scores = scores + (1.0 - mask[:, None]) * -1e9
+    if bias is None:
+        scores = scores + (1.0 - mask[:, None]) * -1e9
     prefix_scores = np.einsum("bqnd,knd->bnqk", q, pk)  # no position bias
     weights = _softmax(np.concatenate([prefix_scores, scores], -1))
     values = np.concatenate(
@@ -151,8 +158,9 @@ def test_t5_self_attention_matches_reference(relative):
     _randomize_prefix(layer)
     output, bias, cache = layer(x, mask=mask)
     assert cache is None
-    assert bias.shape[-1] == L + T
-    np.testing.assert_array_equal(np.asarray(bias)[..., :L], 0.0)
+    # The bias handed to the next layer is the plain layer's, prefix-free.
+    _, plain_bias, _ = base(x, mask=mask)
+    np.testing.assert_array_equal(bias, plain_bias)
     np.testing.assert_allclose(
         output, _t5_reference(base, layer, x, x, mask), atol=1e-5
     )
@@ -222,3 +230,37 @@ def test_bad_arguments():
         PrefixAttention(
             keras.layers.MultiHeadAttention(num_heads=2, key_dim=2), length=2
         )
+
+
+def test_t5_wrapped_and_plain_layers_can_follow_one_another():
+    """A stack passes its position bias on; any subset of layers may be
+    wrapped, with any prefix lengths."""
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(B, T, D)).astype("float32")
+    mask = np.ones((B, T, T), "float32")
+    mask[1, :, -2:] = 0
+    first = _t5_attention(is_decoder=False, relative=True)
+    second = _t5_attention(is_decoder=False, relative=False)
+    plain_bias = first(x, mask=mask)[1]
+    for wrap_first, wrap_second in [(True, False), (False, True), (True, True)]:
+        one = PrefixAttention(first, length=2) if wrap_first else first
+        two = PrefixAttention(second, length=3) if wrap_second else second
+        out, bias, _ = one(x, mask=mask)
+        np.testing.assert_allclose(bias, plain_bias, atol=1e-6)
+        out2, _, _ = two(out, position_bias=bias)
+        if wrap_second:
+            np.testing.assert_allclose(
+                out2,
+                _t5_reference(
+                    second,
+                    two,
+                    np.asarray(out),
+                    np.asarray(out),
+                    mask,
+                    bias=bias,
+                ),
+                atol=1e-5,
+            )
+        for layer in (one, two):
+            if isinstance(layer, PrefixAttention):
+                layer.release()
