@@ -3,4 +3,5 @@
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.lora_dense import LoRADense
 from keras_peft.layers.prefix_attention import PrefixAttention
+from keras_peft.layers.prefix_reparametrization import PrefixReparametrization
 from keras_peft.layers.prompt_embedding import PromptEmbedding

@@ -24,6 +24,21 @@ def _attention_dims(layer):
     )
 
 
+def _check_source(source, index, length, heads, head_dim):
+    expected = (length, heads, head_dim)
+    found = (source.length, source.num_heads, source.head_dim)
+    if found != expected:
+        raise ValueError(
+            "The prefix source's (length, num_heads, head_dim) "
+            f"{found} do not match the attention layer's {expected}."
+        )
+    if not isinstance(index, int) or not 0 <= index < source.num_layers:
+        raise ValueError(
+            f"`source_index` must be in [0, {source.num_layers}). "
+            f"Got {index!r}."
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_peft")
 class PrefixAttention(AdapterLayer):
     """An attention layer whose keys and values start with a trained prefix.
@@ -49,6 +64,10 @@ class PrefixAttention(AdapterLayer):
         length: int. Number of prefix vectors `l`.
         prefix_initializer: initializer of the `(length, heads, head_dim)`
             prefix keys and values. Defaults to `RandomNormal(stddev=0.02)`.
+        prefix_source: optional `keras_peft.layers.PrefixReparametrization`
+            shared by several layers; the prefix is then its output for
+            `source_index` (Li & Liang's reparametrization) until `eject()`.
+        source_index: int. This layer's index in `prefix_source`.
         **kwargs: base layer arguments such as `name`.
 
     Example:
@@ -75,7 +94,13 @@ class PrefixAttention(AdapterLayer):
         return super().__new__(cls, attention_layer, *args, **kwargs)
 
     def __init__(
-        self, attention_layer, length, prefix_initializer=None, **kwargs
+        self,
+        attention_layer,
+        length,
+        prefix_initializer=None,
+        prefix_source=None,
+        source_index=0,
+        **kwargs,
     ):
         heads, key_dim, value_dim = _attention_dims(attention_layer)
         if not isinstance(length, int) or isinstance(length, bool):
@@ -96,6 +121,14 @@ class PrefixAttention(AdapterLayer):
         self.prefix_initializer = keras.initializers.get(
             prefix_initializer or keras.initializers.RandomNormal(stddev=0.02)
         )
+        if prefix_source is not None:
+            _check_source(prefix_source, source_index, length, heads, key_dim)
+            if key_dim != value_dim:
+                raise ValueError(
+                    "A shared prefix source needs equal key and value widths."
+                )
+        self.prefix_source = prefix_source
+        self.source_index = source_index
         self.build()
         self._base_trainable = [v.trainable for v in attention_layer.weights]
         for variable in attention_layer.weights:
@@ -113,21 +146,49 @@ class PrefixAttention(AdapterLayer):
     def build(self, *args, **kwargs):
         if self.built:
             return
+        if self.prefix_source is None:
+            self._add_prefix_weights(self.prefix_initializer)
+        self.built = True
+
+    def _add_prefix_weights(self, initializer, values=None):
         self.prefix_key = self.add_weight(
             name="prefix_key",
             shape=(self.length, self.num_heads, self.key_dim),
-            initializer=self.prefix_initializer,
+            initializer=initializer,
         )
         self.prefix_value = self.add_weight(
             name="prefix_value",
             shape=(self.length, self.num_heads, self.value_dim),
-            initializer=self.prefix_initializer,
+            initializer=initializer,
         )
-        self.built = True
+        if values is not None:
+            self.prefix_key.assign(values[0])
+            self.prefix_value.assign(values[1])
 
     def prefix(self):
         """The prefix keys and values, each `(length, heads, head_dim)`."""
+        if self.prefix_source is not None:
+            return self.prefix_source.layer_prefix(self.source_index)
         return self.prefix_key, self.prefix_value
+
+    def eject(self):
+        """Keeps the computed prefix and drops the shared source.
+
+        Replaces the reparametrization by its output for this layer: the
+        layer computes the same, and from then on owns (and trains) just its
+        `2 * length * heads * head_dim` prefix values.
+        """
+        source = self.prefix_source
+        if source is None:
+            return
+        values = [ops.convert_to_numpy(v) for v in self.prefix()]
+        self._tracker.unlock()
+        try:
+            self._tracker.untrack(source)
+            self.prefix_source = None
+            self._add_prefix_weights("zeros", values)
+        finally:
+            self._tracker.lock()
 
     def _batched_prefix(self, batch_size, dtype):
         keys, values = self.prefix()
@@ -207,6 +268,12 @@ class PrefixAttention(AdapterLayer):
         return self.base_layer
 
     def get_config(self):
+        if self.prefix_source is not None:
+            raise ValueError(
+                f"PrefixAttention {self.name!r} draws its prefix from a shared "
+                "PrefixReparametrization and cannot be serialized on its own; "
+                "call `eject()` first."
+            )
         config = super().get_config()
         config.update(
             {

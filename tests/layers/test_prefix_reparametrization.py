@@ -1,0 +1,101 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_peft.layers import PrefixAttention
+from keras_peft.layers import PrefixReparametrization
+
+B, T, D, HEADS, HEAD_DIM, L, LAYERS, HIDDEN = 2, 5, 8, 2, 4, 3, 2, 6
+
+
+def _mha():
+    mha = keras.layers.MultiHeadAttention(num_heads=HEADS, key_dim=HEAD_DIM)
+    mha.build((B, T, D), (B, T, D))
+    return mha
+
+
+def _source():
+    return PrefixReparametrization(
+        length=L,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        head_dim=HEAD_DIM,
+        hidden_dim=HIDDEN,
+    )
+
+
+def test_layer_prefix_is_a_two_layer_tanh_mlp_of_the_table():
+    source = _source()
+    rng = np.random.default_rng(0)
+    for variable in source.weights:
+        variable.assign(rng.normal(size=variable.shape).astype("float32"))
+    table = source.prefix_embedding.numpy()
+    hidden = np.tanh(table @ source.hidden_kernel.numpy() + source.hidden_bias)
+    full = hidden @ source.output_kernel.numpy() + source.output_bias.numpy()
+    full = full.reshape(L, LAYERS, 2, HEADS, HEAD_DIM)
+    for index in range(LAYERS):
+        keys, values = source.layer_prefix(index)
+        np.testing.assert_allclose(keys, full[:, index, 0], rtol=1e-5)
+        np.testing.assert_allclose(values, full[:, index, 1], rtol=1e-5)
+    width = LAYERS * 2 * HEADS * HEAD_DIM
+    assert sum(int(np.prod(v.shape)) for v in source.weights) == (
+        L * HIDDEN + HIDDEN * HIDDEN + HIDDEN + HIDDEN * width + width
+    )
+    with pytest.raises(ValueError, match="outside"):
+        source.layer_prefix(LAYERS)
+
+
+def test_attention_reads_its_slice_and_eject_keeps_outputs():
+    source = _source()
+    x = np.random.default_rng(1).normal(size=(B, T, D)).astype("float32")
+    layers = [
+        PrefixAttention(_mha(), length=L, prefix_source=source, source_index=i)
+        for i in range(LAYERS)
+    ]
+    before = [np.asarray(layer(x, x)) for layer in layers]
+    # Both layers hold the one shared source.
+    assert all(layer.prefix_source is source for layer in layers)
+    assert {id(v) for v in layers[0].adapter_variables} == {
+        id(v) for v in source.weights
+    }
+    for layer, expected in zip(layers, before):
+        layer.eject()
+        assert layer.prefix_source is None
+        np.testing.assert_allclose(layer(x, x), expected, atol=1e-5)
+        assert [v.name for v in layer.adapter_variables] == [
+            "prefix_key",
+            "prefix_value",
+        ]
+    # After ejecting: 2 * l * d per attention layer.
+    counts = sum(
+        int(np.prod(v.shape))
+        for layer in layers
+        for v in layer.adapter_variables
+    )
+    assert counts == 2 * L * HEADS * HEAD_DIM * LAYERS
+    layers[0].get_config()  # serializable once ejected
+
+
+def test_gradients_reach_the_shared_source():
+    tf = pytest.importorskip("tensorflow")
+    source = _source()
+    layer = PrefixAttention(_mha(), length=L, prefix_source=source)
+    x = tf.constant(np.random.default_rng(2).normal(size=(B, T, D)), "float32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, x) ** 2)
+    gradients = tape.gradient(loss, [v.value for v in source.weights])
+    assert all(g is not None and np.any(np.asarray(g) != 0) for g in gradients)
+
+
+def test_mismatched_source_and_unserializable_shared_layer():
+    with pytest.raises(ValueError, match="do not match"):
+        PrefixAttention(_mha(), length=L + 1, prefix_source=_source())
+    with pytest.raises(ValueError, match="source_index"):
+        PrefixAttention(
+            _mha(), length=L, prefix_source=_source(), source_index=LAYERS
+        )
+    layer = PrefixAttention(_mha(), length=L, prefix_source=_source())
+    with pytest.raises(ValueError, match="eject"):
+        layer.get_config()
+    with pytest.raises(ValueError, match="positive int"):
+        PrefixReparametrization(0, 1, 1, 1)
