@@ -127,13 +127,3 @@ def resolve_model(model):
         "one as `backbone` (e.g. BertTextClassifier, BertMaskedLM, "
         "T5Seq2SeqLM)."
     )
-
-
-def find_architecture(name):
-    for architecture in ARCHITECTURES:
-        if architecture.name == name:
-            return architecture
-    raise ValueError(
-        f"Unknown architecture {name!r}. Known: "
-        f"{[a.name for a in ARCHITECTURES]}."
-    )

@@ -26,10 +26,6 @@ def parent_map(root):
     return {id(layer): parent for layer, parent in iter_layers(root)}
 
 
-def contains(root, layer):
-    return any(candidate is layer for candidate, _ in iter_layers(root))
-
-
 def is_functional(layer):
     return isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth")
 

@@ -77,11 +77,9 @@ def replace_layer(root, old, new):
     for kind, holder, key in _references(root, old):
         if kind == "tracked":
             holder._tracker.replace_tracked_value("layers", old, new)
-        elif kind == "attr":
-            setattr(holder, key, new)
         elif kind == "item":
             holder[key] = new
-        else:
+        else:  # an attribute, or a functional node's `operation`
             setattr(holder, key, new)
     forget_compiled_functions(root)
 

@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.validation import check_int
 
 _DENSE_EQUATION = "...a,ab->...b"
 
@@ -420,8 +421,7 @@ class LoRADense(AdapterLayer):
 
 
 def _validate_hyperparameters(rank, alpha, dropout):
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-        raise ValueError(f"LoRA `rank` must be a positive int. Got {rank!r}.")
+    check_int("rank", rank, owner="LoRA ")
     if (
         not isinstance(alpha, (int, float))
         or isinstance(alpha, bool)

@@ -7,6 +7,7 @@ from keras import ops
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.validation import check_int
 
 # T5 folds its attention mask into the position bias with this value.
 _T5_MASK_BIAS = -1e9
@@ -103,10 +104,7 @@ class PrefixAttention(AdapterLayer):
         **kwargs,
     ):
         heads, key_dim, value_dim = _attention_dims(attention_layer)
-        if not isinstance(length, int) or isinstance(length, bool):
-            raise ValueError(f"`length` must be an int. Got {length!r}.")
-        if length < 1:
-            raise ValueError(f"`length` must be positive. Got {length}.")
+        check_int("length", length)
         if not attention_layer.built:
             raise ValueError(
                 f"PrefixAttention needs a built attention layer; "

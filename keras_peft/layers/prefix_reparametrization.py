@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.validation import check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_peft")
@@ -50,14 +51,7 @@ class PrefixReparametrization(AdapterLayer):
             ("head_dim", head_dim),
             ("hidden_dim", hidden_dim),
         ):
-            if (
-                not isinstance(value, int)
-                or isinstance(value, bool)
-                or value < 1
-            ):
-                raise ValueError(
-                    f"`{name}` must be a positive int. Got {value!r}."
-                )
+            check_int(name, value)
         super().__init__(**kwargs)
         self.length = length
         self.num_layers = num_layers

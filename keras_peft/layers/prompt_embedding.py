@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.validation import check_int
 
 
 @keras.saving.register_keras_serializable(package="keras_peft")
@@ -53,12 +54,7 @@ class PromptEmbedding(AdapterLayer):
             ("num_prompts", num_prompts, 1),
             ("insert_at", insert_at, 0),
         ):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"`{name}` must be an int. Got {value!r}.")
-            if value < minimum:
-                raise ValueError(
-                    f"`{name}` must be >= {minimum}. Got {value!r}."
-                )
+            check_int(name, value, minimum)
         super().__init__(**kwargs)
         self.length = length
         self.num_prompts = num_prompts
