@@ -12,4 +12,8 @@ from keras_peft.core.summary import trainable_summary
 from keras_peft.lora import LoRAConfig
 from keras_peft.lora import merge_lora
 from keras_peft.lora import unmerge_lora
+from keras_peft.prefix_tuning import PrefixTuningConfig
+from keras_peft.prefix_tuning import eject_prefix
+from keras_peft.prompt_tuning import PromptTuningConfig
+from keras_peft.prompt_tuning import nearest_tokens
 from keras_peft.version import __version__

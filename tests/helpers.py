@@ -183,11 +183,41 @@ def lora_count(case, model, rank):
     return 3 * layers * 2 * 2 * d * rank
 
 
+def attention_layer_count(case):
+    """BERT: one self-attention per layer; T5: encoder self-, decoder self-
+    and decoder cross-attention per layer."""
+    if case.architecture == "bert":
+        return BERT["num_layers"]
+    return 3 * T5["num_layers"]
+
+
+def hidden_dim(case):
+    return (BERT if case.architecture == "bert" else T5)["hidden_dim"]
+
+
+def prefix_count(case, length):
+    """Li & Liang: 2 l d per attention layer."""
+    return 2 * length * hidden_dim(case) * attention_layer_count(case)
+
+
+def reparametrized_prefix_count(case, length, hidden):
+    """P' (l x h), hidden layer (h x h + h), output layer (h x w + w)."""
+    width = prefix_count(case, 1)
+    return length * hidden + hidden * hidden + hidden + hidden * width + width
+
+
+PROMPT_LENGTH = 4
+PREFIX_LENGTH = 3
+REPARAM_HIDDEN = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodCase:
     name: str
+    method: str  # the method's name, as trainable_summary groups it
     config: object  # (model case) -> config
     count: object  # (model case, model) -> adapter parameter count
+    starts_at_zero: bool = True  # outputs unchanged right after apply
 
 
 METHOD_CASES = {
@@ -195,8 +225,38 @@ METHOD_CASES = {
     for case in (
         MethodCase(
             "lora",
+            "lora",
             lambda case: keras_peft.LoRAConfig(rank=4, alpha=8),
             lambda case, model: lora_count(case, model, 4),
+        ),
+        MethodCase(
+            "prompt_tuning",
+            "prompt_tuning",
+            lambda case: keras_peft.PromptTuningConfig(
+                length=PROMPT_LENGTH, init="random"
+            ),
+            lambda case, model: PROMPT_LENGTH * hidden_dim(case),
+            starts_at_zero=False,
+        ),
+        MethodCase(
+            "prefix_tuning",
+            "prefix_tuning",
+            lambda case: keras_peft.PrefixTuningConfig(
+                length=PREFIX_LENGTH, reparam_hidden=REPARAM_HIDDEN
+            ),
+            lambda case, model: reparametrized_prefix_count(
+                case, PREFIX_LENGTH, REPARAM_HIDDEN
+            ),
+            starts_at_zero=False,
+        ),
+        MethodCase(
+            "prefix_tuning_direct",
+            "prefix_tuning",
+            lambda case: keras_peft.PrefixTuningConfig(
+                length=PREFIX_LENGTH, reparam=False
+            ),
+            lambda case, model: prefix_count(case, PREFIX_LENGTH),
+            starts_at_zero=False,
         ),
     )
 }

@@ -16,11 +16,34 @@ def _applied(model_case, method_case):
     return model
 
 
-def test_zero_effect_at_start(model_case, method_case):
+def test_outputs_at_start(model_case, method_case):
+    """Zero-initialized updates change nothing; prompts and prefixes change
+    values but never an output shape."""
     model = model_case.build()
     before = model_case.outputs(model)
     keras_peft.apply(model, method_case.config(model_case))
-    helpers.assert_outputs_close(model_case.outputs(model), before, atol=0)
+    after = model_case.outputs(model)
+    if method_case.starts_at_zero:
+        helpers.assert_outputs_close(after, before, atol=0)
+        return
+    shapes = keras.tree.map_structure(np.shape, after)
+    expected = keras.tree.map_structure(np.shape, before)
+    if model_case.name == "t5_backbone" and method_case.name == "prompt_tuning":
+        # T5's encoder output spans the prompt too: the decoder attends to it.
+        batch, length, width = expected["encoder_sequence_output"]
+        expected["encoder_sequence_output"] = (
+            batch,
+            length + helpers.PROMPT_LENGTH,
+            width,
+        )
+    assert shapes == expected
+    if model_case.name == "t5_backbone" and method_case.name == "prompt_tuning":
+        after = after["decoder_sequence_output"]
+        before = before["decoder_sequence_output"]
+    differs = keras.tree.map_structure(
+        lambda x, y: not np.array_equal(x, y), after, before
+    )
+    assert any(keras.tree.flatten(differs))
 
 
 def test_trainable_count_matches_formula(model_case, method_case):
@@ -32,9 +55,9 @@ def test_trainable_count_matches_formula(model_case, method_case):
     summary = keras_peft.trainable_summary(model)
     assert summary.trainable == expected
     assert summary.total == sum(int(np.prod(v.shape)) for v in model.weights)
-    assert dict(summary.groups)[method_case.name] == expected_adapter
+    assert dict(summary.groups)[method_case.method] == expected_adapter
     assert summary.fraction == pytest.approx(expected / summary.total)
-    assert method_case.name in str(summary)
+    assert method_case.method in str(summary)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
@@ -49,13 +72,15 @@ def test_fit_trains_only_new_weights(model_case, method_case, jit_compile):
     )
     trainable_ids = {id(v) for v in model.trainable_weights}
     before = [np.array(v.numpy()) for v in model.weights]
-    model.fit(
+    history = model.fit(
         model_case.inputs(),
         model_case.labels(),
         epochs=3,
         batch_size=4,
         verbose=0,
     )
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0]
     for variable, old in zip(model.weights, before):
         if id(variable) in trainable_ids:
             assert not np.array_equal(variable.numpy(), old), variable.path

@@ -8,6 +8,9 @@ import dataclasses
 import types
 
 import keras_hub
+import numpy as np
+
+from keras_peft.layers.adapter_layer import AdapterLayer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,16 +25,174 @@ class Architecture:
         signature_keys: tuple of str. Backbone config keys that determine the
             shapes of adapter weights; stored in adapter files and compared on
             load.
+        attention_layers: callable. `(backbone) -> {kind: [layers]}`: the
+            attention layers of each kind (`"encoder"`, `"decoder"`,
+            `"cross"`) the backbone has, in order.
+        prompt_sites: callable. `(backbone) -> PromptSites`: where prompt
+            tuning acts.
+        text_inputs: callable. `(backbone, token_ids) -> inputs`: backbone
+            inputs that run a 1-D array of token ids through every attention
+            layer (as encoder and as decoder input).
     """
 
     name: str
     backbone_class: type
     default_targets: types.MappingProxyType
     signature_keys: tuple
+    attention_layers: object
+    prompt_sites: object
+    text_inputs: object
 
     def signature(self, backbone):
         config = backbone.get_config()
         return {key: config.get(key) for key in self.signature_keys}
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """How one layer keeps up with a sequence that grew by a prompt.
+
+    Args:
+        layer: the layer.
+        mask_argument: name of a mask argument (last axis: the prompted
+            sequence) that grows with ones for the prompt, or `None`.
+        cache_argument: name of a key/value cache argument (axis 2: the
+            prompted sequence) that grows with the prompt when it is being
+            filled, or `None`.
+        cache_index_argument: name of the argument saying the cache is being
+            filled (not `None`).
+        fill_output: bool. The output gains the prompt positions, holding
+            copies of the position before the prompt (e.g. segment ids).
+        strip_output: bool. The prompt positions are removed from the
+            layer's (first) output.
+    """
+
+    layer: object
+    mask_argument: str | None = None
+    cache_argument: str | None = None
+    cache_index_argument: str | None = None
+    fill_output: bool = False
+    strip_output: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptSites:
+    """Where prompt tuning acts in a backbone.
+
+    Args:
+        insert_layer: the layer at which the prompt joins the sequence.
+        where: `"output"` (inserted into the layer's output, e.g. token
+            embeddings) or `"input"` (into its first input).
+        graph_only: bool. Swap `insert_layer` only in the backbone's
+            functional graph: other code (a tied output head) uses it too.
+        mask_argument: mask argument of `insert_layer` to grow, or `None`.
+        insert_at: int. Sequence position of the first prompt vector.
+        aligned: tuple of `Alignment` for the layers after the insertion.
+        max_length: int or `None`. The longest prompted sequence.
+        embeddings: the token embedding matrix `(vocabulary, hidden_dim)`.
+    """
+
+    insert_layer: object
+    where: str
+    graph_only: bool
+    mask_argument: str | None
+    insert_at: int
+    aligned: tuple
+    max_length: int | None
+    embeddings: object
+
+
+def unwrapped(layer):
+    """The layer under any keras-peft wrappers."""
+    while isinstance(layer, AdapterLayer) and layer.wrapped_layer is not None:
+        layer = layer.wrapped_layer
+    return layer
+
+
+def _bert_attention_layers(backbone):
+    return {
+        "encoder": [
+            unwrapped(layer)._self_attention_layer
+            for layer in backbone.transformer_layers
+        ]
+    }
+
+
+def _bert_prompt_sites(backbone):
+    layers = backbone.transformer_layers
+    aligned = [Alignment(backbone.segment_embedding, fill_output=True)]
+    aligned += [
+        Alignment(
+            layer,
+            mask_argument="padding_mask",
+            strip_output=index == len(layers) - 1,
+        )
+        for index, layer in enumerate(layers)
+    ]
+    return PromptSites(
+        insert_layer=backbone.token_embedding,
+        where="output",
+        graph_only=True,
+        mask_argument=None,
+        # After [CLS], so pooling on position 0 still sees [CLS].
+        insert_at=1,
+        aligned=tuple(aligned),
+        max_length=backbone.max_sequence_length,
+        embeddings=backbone.token_embedding.embeddings,
+    )
+
+
+def _bert_text_inputs(backbone, token_ids):
+    token_ids = np.asarray(token_ids, "int32")[None]
+    return {
+        "token_ids": token_ids,
+        "segment_ids": np.zeros_like(token_ids),
+        "padding_mask": np.ones_like(token_ids),
+    }
+
+
+def _t5_attention_layers(backbone):
+    encoder = [unwrapped(x) for x in backbone.encoder_transformer_layers]
+    decoder = [unwrapped(x) for x in backbone.decoder_transformer_layers]
+    return {
+        "encoder": [layer.self_attention for layer in encoder],
+        "decoder": [layer.self_attention for layer in decoder],
+        "cross": [layer.cross_attention for layer in decoder],
+    }
+
+
+def _t5_prompt_sites(backbone):
+    aligned = tuple(
+        Alignment(
+            layer,
+            mask_argument="encoder_attention_mask",
+            cache_argument="cross_attention_cache",
+            cache_index_argument="cross_attention_cache_update_index",
+        )
+        for layer in backbone.decoder_transformer_layers
+    )
+    return PromptSites(
+        # Not the token embedding: the decoder shares it.
+        insert_layer=backbone.encoder_transformer_layers[0],
+        where="input",
+        graph_only=False,
+        mask_argument="attention_mask",
+        insert_at=0,
+        aligned=aligned,
+        max_length=None,
+        embeddings=backbone.token_embedding.embeddings,
+    )
+
+
+def _t5_text_inputs(backbone, token_ids):
+    token_ids = np.asarray(token_ids, "int32")[None]
+    ones = np.ones_like(token_ids)
+    return {
+        "encoder_token_ids": token_ids,
+        "encoder_padding_mask": ones,
+        "decoder_token_ids": token_ids,
+        "decoder_padding_mask": ones,
+    }
 
 
 ARCHITECTURES = (
@@ -55,6 +216,9 @@ ARCHITECTURES = (
             "max_sequence_length",
             "num_segments",
         ),
+        attention_layers=_bert_attention_layers,
+        prompt_sites=_bert_prompt_sites,
+        text_inputs=_bert_text_inputs,
     ),
     Architecture(
         name="t5",
@@ -76,6 +240,9 @@ ARCHITECTURES = (
             "use_gated_activation",
             "tie_embedding_weights",
         ),
+        attention_layers=_t5_attention_layers,
+        prompt_sites=_t5_prompt_sites,
+        text_inputs=_t5_text_inputs,
     ),
 )
 

@@ -54,7 +54,7 @@ class PeftConfig:
     def to_dict(self):
         """Returns a JSON-compatible dict that includes the method name."""
         data = {"method": self.method}
-        for field in dataclasses.fields(self):
+        for field in _stored_fields(self):
             value = getattr(self, field.name)
             if isinstance(value, tuple):
                 value = list(value)
@@ -78,7 +78,7 @@ class PeftConfig:
                 f"Cannot read a {cls.__name__} from a config of method "
                 f"{method!r}; expected method {cls.method!r}."
             )
-        names = {field.name for field in dataclasses.fields(cls)}
+        names = {field.name for field in _stored_fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(
@@ -93,9 +93,28 @@ class PeftConfig:
             return [("method", self.method, other.method)]
         return [
             (field.name, getattr(self, field.name), getattr(other, field.name))
-            for field in dataclasses.fields(self)
+            for field in _stored_fields(self)
             if getattr(self, field.name) != getattr(other, field.name)
         ]
+
+
+def runtime_field(default=None):
+    """A config field that is used while applying but not stored or compared.
+
+    For objects such as a tokenizer: they help initialize new weights, but
+    are not part of what an adapter file records.
+    """
+    return dataclasses.field(
+        default=default, compare=False, repr=False, metadata={"stored": False}
+    )
+
+
+def _stored_fields(config):
+    return [
+        field
+        for field in dataclasses.fields(config)
+        if field.metadata.get("stored", True)
+    ]
 
 
 def config_from_dict(data):

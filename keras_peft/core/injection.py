@@ -90,7 +90,10 @@ class Plan:
         state = self._state_after()
         for replacement in self.replacements:
             surgery.replace_layer(
-                self.context.model, replacement.old, replacement.new
+                self.context.model,
+                replacement.old,
+                replacement.new,
+                graph_of=replacement.graph_of,
             )
         freezing.set_backbone_trainable(
             self.context.backbone, self._trainable_ids_after(state)
@@ -110,12 +113,15 @@ class Plan:
                 release()
 
 
-def plan(model, configs):
+def plan(model, configs, initialize=True):
     """Validates `configs` against `model` and builds their layers detached.
 
     Args:
         model: a supported backbone or task.
         configs: a config or a list of configs.
+        initialize: bool. `False` lets methods skip initializing new weights
+            from data (a tokenizer, the model's activations): their values
+            are about to be loaded.
 
     Returns:
         A `Plan`; call `install()` to apply it or `abandon()` to drop it.
@@ -133,7 +139,9 @@ def plan(model, configs):
         with tf_distribute.creation_scope(context.model):
             for config in configs:
                 method = config_lib.method_of(config)
-                method_plans.append(method.plan(context, config))
+                method_plans.append(
+                    method.plan(context, config, initialize=initialize)
+                )
         _check_disjoint(method_plans)
     except BaseException:
         Plan(context, (), tuple(method_plans), original).abandon()

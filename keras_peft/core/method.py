@@ -5,10 +5,15 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Replacement:
-    """Swap `old` for the built, not yet installed layer `new`."""
+    """Swap `old` for the built, not yet installed layer `new`.
+
+    With `graph_of` (a functional model), only that model's graph of
+    operations swaps: other references keep using `old`.
+    """
 
     old: object
     new: object
+    graph_of: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +42,10 @@ class Method:
     name = ""
     config_class = None
 
-    def plan(self, context, config):
-        """Returns a `MethodPlan` for `config` on `context` (a ModelContext)."""
+    def plan(self, context, config, initialize=True):
+        """Returns a `MethodPlan` for `config` on `context` (a ModelContext).
+
+        With `initialize=False` new weights may skip the config's
+        initialization (their values are about to be loaded).
+        """
         raise NotImplementedError

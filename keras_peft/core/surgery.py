@@ -31,23 +31,45 @@ def _references(root, old):
                     if item is old:
                         refs.append(("item", value, key))
         if layer_tree.is_functional(layer):
-            for nodes in layer._nodes_by_depth.values():
-                for node in nodes:
-                    if node.operation is old:
-                        refs.append(("node", node, "operation"))
-            for index, operation in enumerate(layer._operations):
-                if operation is old:
-                    refs.append(("item", layer._operations, index))
-            for operations in layer._operations_by_depth.values():
-                for index, operation in enumerate(operations):
-                    if operation is old:
-                        refs.append(("item", operations, index))
+            refs.extend(_graph_references(layer, old))
     return refs
 
 
-def check_replaceable(root, old):
-    """Raises a `ValueError` if `old` cannot be swapped out under `root`."""
-    refs = _references(root, old)
+def _graph_references(functional, old):
+    """References to `old` in a functional model's graph of operations."""
+    refs = []
+    for nodes in functional._nodes_by_depth.values():
+        for node in nodes:
+            if node.operation is old:
+                refs.append(("node", node, "operation"))
+    for index, operation in enumerate(functional._operations):
+        if operation is old:
+            refs.append(("item", functional._operations, index))
+    for operations in functional._operations_by_depth.values():
+        for index, operation in enumerate(operations):
+            if operation is old:
+                refs.append(("item", operations, index))
+    return refs
+
+
+def _selected_references(root, old, graph_of):
+    if graph_of is None:
+        return _references(root, old)
+    refs = _graph_references(graph_of, old)
+    if any(child is old for child in graph_of._layers):
+        refs.append(("tracked", graph_of, None))
+    return refs
+
+
+def check_replaceable(root, old, graph_of=None):
+    """Raises a `ValueError` if `old` cannot be swapped out under `root`.
+
+    Args:
+        root: the model that holds `old`.
+        old: the layer to swap out.
+        graph_of: optional functional model: only its graph would change.
+    """
+    refs = _selected_references(root, old, graph_of)
     if not any(kind == "tracked" for kind, _, _ in refs):
         raise ValueError(
             f"Layer {old.path or old.name!r} is not a tracked sub-layer of "
@@ -61,7 +83,7 @@ def check_replaceable(root, old):
             )
 
 
-def replace_layer(root, old, new):
+def replace_layer(root, old, new, graph_of=None):
     """Makes `root` use the layer `new` wherever it used `old`.
 
     Updates the tracked sub-layer lists (so `weights` and saving see `new`),
@@ -72,9 +94,12 @@ def replace_layer(root, old, new):
         root: the model that holds `old`.
         old: the layer to swap out.
         new: a built layer with the same call signature.
+        graph_of: optional functional model. Swap `old` only in its graph of
+            operations (and its tracked layers), leaving every other
+            reference, such as a tied output head's, on `old`.
     """
-    check_replaceable(root, old)
-    for kind, holder, key in _references(root, old):
+    check_replaceable(root, old, graph_of)
+    for kind, holder, key in _selected_references(root, old, graph_of):
         if kind == "tracked":
             holder._tracker.replace_tracked_value("layers", old, new)
         elif kind == "item":

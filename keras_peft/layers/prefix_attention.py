@@ -13,7 +13,8 @@ from keras_peft.layers.validation import check_int
 _T5_MASK_BIAS = -1e9
 
 
-def _attention_dims(layer):
+def attention_dims(layer):
+    """`(heads, key_dim, value_dim)` of a supported attention layer."""
     if isinstance(layer, keras.layers.MultiHeadAttention):
         return layer.num_heads, layer.key_dim, layer.value_dim or layer.key_dim
     if isinstance(layer, T5MultiHeadAttention):
@@ -103,7 +104,7 @@ class PrefixAttention(AdapterLayer):
         source_index=0,
         **kwargs,
     ):
-        heads, key_dim, value_dim = _attention_dims(attention_layer)
+        heads, key_dim, value_dim = attention_dims(attention_layer)
         check_int("length", length)
         if not attention_layer.built:
             raise ValueError(
@@ -322,18 +323,27 @@ class T5PrefixAttention(PrefixAttention):
         # The prefix enters through T5's cache: a cache holding it, updated
         # at an index shifted past it, yields keys `[P_k; K]`.
         if cache is None:
+            # Keys and values projected here, so that the attention reads
+            # them from the cache unchanged: filling the cache instead
+            # (`slice_update`) has no gradient on TensorFlow.
             sources = (
-                hidden_states
-                if key_value_states is None
-                else (key_value_states)
+                hidden_states if key_value_states is None else key_value_states
             )
             key_length = ops.shape(sources)[1]
-            empty = ops.zeros(
-                (batch_size, 2, key_length, self.num_heads, self.key_dim),
-                base.compute_dtype,
+            projected = ops.stack(
+                [
+                    ops.reshape(
+                        projector(sources),
+                        (batch_size, key_length, self.num_heads, self.key_dim),
+                    )
+                    for projector in (base.key_projector, base.value_projector)
+                ],
+                axis=1,
             )
-            extended_cache = ops.concatenate([prefix_cache, empty], axis=2)
-            index, query_start = self.length, 0
+            extended_cache = ops.concatenate(
+                [ops.cast(prefix_cache, projected.dtype), projected], axis=2
+            )
+            index, query_start = None, 0
         else:
             key_length = ops.shape(cache)[2]
             extended_cache = ops.concatenate(

@@ -20,7 +20,7 @@ class LoRAMethod(method_lib.Method):
     name = "lora"
     config_class = LoRAConfig
 
-    def plan(self, context, config):
+    def plan(self, context, config, initialize=True):
         patterns = (
             config.targets or context.architecture.default_targets[self.name]
         )

@@ -1,0 +1,212 @@
+"""Wrappers that put a prompt into a backbone's sequence and keep the layers
+after it in step with the longer sequence."""
+
+from keras import ops
+
+from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.validation import check_int
+
+
+def _insert_ones(mask, length, insert_at):
+    """Grows a mask's last axis by `length` ones at `insert_at`."""
+    ones = ops.ones((*ops.shape(mask)[:-1], length), mask.dtype)
+    return ops.concatenate(
+        [mask[..., :insert_at], ones, mask[..., insert_at:]], axis=-1
+    )
+
+
+class _PassThrough(AdapterLayer):
+    """A wrapper that takes whatever arguments its wrapped layer takes.
+
+    Calls go straight to `call`: the wrapped layer's own `__call__` does the
+    dtype, training and mask handling, and Keras' argument inspection has
+    no use for a generic `(inputs, *args, **kwargs)` signature (it rejects
+    keyword arguments that mix tensors and `None`).
+    """
+
+    method = "prompt_tuning"
+
+    def __call__(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
+
+    def release(self):
+        return self.base_layer
+
+
+def _first(outputs):
+    return outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+
+
+def _with_first(outputs, first):
+    if isinstance(outputs, tuple):
+        return (first, *outputs[1:])
+    if isinstance(outputs, list):
+        return [first, *outputs[1:]]
+    return first
+
+
+class PromptInsertion(_PassThrough):
+    """Wraps the layer at which a prompt joins the sequence.
+
+    Inserts the prompt of a `PromptEmbedding` into the wrapped layer's
+    output (`where="output"`, e.g. token embeddings) or first input
+    (`where="input"`, e.g. a first transformer layer), growing the layer's
+    mask argument with it.
+
+    Args:
+        base_layer: the wrapped layer.
+        prompt: a `keras_peft.layers.PromptEmbedding`.
+        where: `"output"` or `"input"`.
+        mask_argument: str or `None`. A mask argument of the wrapped layer
+            that grows with the prompt (`where="input"` only).
+        max_length: int or `None`. The longest sequence the model takes;
+            a longer prompted input raises a `ValueError`.
+        **kwargs: base layer arguments such as `name`.
+    """
+
+    def __init__(
+        self,
+        base_layer,
+        prompt,
+        where="output",
+        mask_argument=None,
+        max_length=None,
+        **kwargs,
+    ):
+        if where not in ("output", "input"):
+            raise ValueError(
+                f"`where` must be 'output' or 'input'. Got {where!r}."
+            )
+        if max_length is not None:
+            check_int("max_length", max_length)
+        kwargs.setdefault("name", base_layer.name)
+        kwargs.setdefault("dtype", base_layer.dtype_policy)
+        super().__init__(**kwargs)
+        self.base_layer = base_layer
+        self.prompt = prompt
+        self.where = where
+        self.mask_argument = mask_argument
+        self.max_length = max_length
+        self.built = True
+
+    def _insert(self, sequence):
+        length = sequence.shape[1]
+        if (
+            self.max_length is not None
+            and length is not None
+            and length + self.prompt.length > self.max_length
+        ):
+            raise ValueError(
+                f"Inputs of length {length} do not fit with a prompt of "
+                f"length {self.prompt.length}: the model takes at most "
+                f"{self.max_length} positions, so inputs may be at most "
+                f"{self.max_length - self.prompt.length} long."
+            )
+        if not self.prompt.built:
+            self.prompt.build(sequence.shape)
+        return self.prompt(sequence)[0]
+
+    def call(self, inputs, *args, **kwargs):
+        if self.where == "output":
+            return self._insert(self.base_layer(inputs, *args, **kwargs))
+        mask = kwargs.get(self.mask_argument)
+        if mask is not None:
+            kwargs[self.mask_argument] = _insert_ones(
+                mask, self.prompt.length, self.prompt.insert_at
+            )
+        return self.base_layer(self._insert(inputs), *args, **kwargs)
+
+
+class PromptAlignment(_PassThrough):
+    """Keeps a layer after the prompt in step with the prompted sequence.
+
+    Grows the wrapped layer's mask and cache arguments by the prompt's
+    positions, fills them into its output, or strips them from it.
+
+    Args:
+        base_layer: the wrapped layer.
+        length: int. Prompt length.
+        insert_at: int. Sequence position of the prompt.
+        mask_argument: str or `None`. A mask argument whose last axis grows
+            by `length` ones at `insert_at`.
+        cache_argument: str or `None`. A key/value cache argument (axis 2
+            is the sequence) that grows by `length` zero rows at `insert_at`
+            when `cache_index_argument` is not `None` (the cache is being
+            filled from the prompted sequence).
+        cache_index_argument: str or `None`. See `cache_argument`.
+        fill_output: bool. Insert `length` copies of the output position
+            before the prompt (or position 0) into the output.
+        strip_output: bool. Remove the prompt positions from the (first)
+            output.
+        **kwargs: base layer arguments such as `name`.
+    """
+
+    def __init__(
+        self,
+        base_layer,
+        length,
+        insert_at=0,
+        mask_argument=None,
+        cache_argument=None,
+        cache_index_argument=None,
+        fill_output=False,
+        strip_output=False,
+        **kwargs,
+    ):
+        check_int("length", length)
+        check_int("insert_at", insert_at, minimum=0)
+        if fill_output and strip_output:
+            raise ValueError("`fill_output` and `strip_output` exclude each other.")
+        kwargs.setdefault("name", base_layer.name)
+        kwargs.setdefault("dtype", base_layer.dtype_policy)
+        super().__init__(**kwargs)
+        self.base_layer = base_layer
+        self.length = length
+        self.insert_at = insert_at
+        self.mask_argument = mask_argument
+        self.cache_argument = cache_argument
+        self.cache_index_argument = cache_index_argument
+        self.fill_output = fill_output
+        self.strip_output = strip_output
+        self.built = True
+
+    def _grow_cache(self, cache, kwargs):
+        if kwargs.get(self.cache_index_argument) is None:
+            return cache
+        keys = kwargs.get("encoder_hidden_states")
+        if (
+            keys is not None
+            and keys.shape[1] is not None
+            and cache.shape[2] == keys.shape[1]
+        ):
+            return cache  # already sized for the prompted sequence
+        zeros = ops.zeros(
+            (*ops.shape(cache)[:2], self.length, *ops.shape(cache)[3:]),
+            cache.dtype,
+        )
+        at = self.insert_at
+        return ops.concatenate(
+            [cache[:, :, :at], zeros, cache[:, :, at:]], axis=2
+        )
+
+    def call(self, inputs, *args, **kwargs):
+        mask = kwargs.get(self.mask_argument)
+        if mask is not None:
+            kwargs[self.mask_argument] = _insert_ones(
+                mask, self.length, self.insert_at
+            )
+        cache = kwargs.get(self.cache_argument)
+        if cache is not None:
+            kwargs[self.cache_argument] = self._grow_cache(cache, kwargs)
+        outputs = self.base_layer(inputs, *args, **kwargs)
+        first = _first(outputs)
+        at = self.insert_at
+        if self.fill_output:
+            source = max(at - 1, 0)
+            copies = ops.repeat(first[:, source : source + 1], self.length, 1)
+            first = ops.concatenate([first[:, :at], copies, first[:, at:]], 1)
+        elif self.strip_output:
+            first = ops.concatenate(
+                [first[:, :at], first[:, at + self.length :]], axis=1
+            )
+        return _with_first(outputs, first)

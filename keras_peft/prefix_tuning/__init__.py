@@ -1,0 +1,3 @@
+from keras_peft.prefix_tuning.config import PrefixTuningConfig
+from keras_peft.prefix_tuning.eject import eject_prefix
+from keras_peft.prefix_tuning.method import PrefixTuningMethod

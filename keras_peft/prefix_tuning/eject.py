@@ -1,0 +1,73 @@
+"""Dropping the reparametrization MLP once a prefix is trained."""
+
+import dataclasses
+
+from keras_peft.core import architectures
+from keras_peft.core import freezing
+from keras_peft.core import layer_tree
+from keras_peft.core import state as state_lib
+from keras_peft.core import surgery
+from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.prefix_attention import PrefixAttention
+
+
+def eject_prefix(model):
+    """Replaces the prefix MLP by the prefix it computes: same outputs.
+
+    After training with `PrefixTuningConfig(reparam=True)`, each attention
+    layer keeps its computed keys and values `P` and the MLP and `P'` are
+    dropped: the trainable parameter count falls to
+    `2 * length * hidden * n_attention_layers` and `save_adapter` stores only
+    `P`. The applied config becomes `reparam=False` (what the model now
+    is), so the saved adapter loads into a fresh model. Re-compile before
+    training further.
+
+    Args:
+        model: a model with reparametrized prefix tuning applied.
+
+    Returns:
+        The same `model`.
+
+    Example:
+    ```python
+    keras_peft.apply(seq2seq_lm, keras_peft.PrefixTuningConfig(length=30))
+    seq2seq_lm.fit(data)
+    keras_peft.eject_prefix(seq2seq_lm)
+    keras_peft.save_adapter(seq2seq_lm, "adapters/xsum")  # only P
+    ```
+    """
+    context = architectures.resolve_model(model)
+    layers = [
+        layer
+        for layer, _ in layer_tree.iter_layers(context.model)
+        if isinstance(layer, PrefixAttention) and layer.prefix_source is not None
+    ]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no reparametrized prefix to eject: "
+            "apply `keras_peft.PrefixTuningConfig(reparam=True)` first."
+        )
+    for layer in layers:
+        layer.eject()
+    state = state_lib.get_state(context.backbone)
+    configs = tuple(
+        dataclasses.replace(config, reparam=False)
+        if config.method == "prefix_tuning"
+        else config
+        for config in state.configs
+    )
+    state = state_lib.PeftState(
+        configs, state.trainable_base_variables, state.original_trainable
+    )
+    adapters = [
+        layer
+        for layer, _ in layer_tree.iter_layers(context.backbone)
+        if isinstance(layer, AdapterLayer)
+    ]
+    freezing.set_backbone_trainable(
+        context.backbone,
+        freezing.trainable_ids(adapters, state.trainable_base_variables),
+    )
+    state_lib.set_state(context.backbone, state)
+    surgery.forget_compiled_functions(context.model)
+    return model

@@ -1,0 +1,3 @@
+from keras_peft.prompt_tuning.config import PromptTuningConfig
+from keras_peft.prompt_tuning.method import PromptTuningMethod
+from keras_peft.prompt_tuning.nearest import nearest_tokens

@@ -1,0 +1,112 @@
+"""How prompt tuning plans itself on a model."""
+
+from keras_peft.core import config as config_lib
+from keras_peft.core import injection
+from keras_peft.core import layer_tree
+from keras_peft.core import method as method_lib
+from keras_peft.core import state as state_lib
+from keras_peft.core import surgery
+from keras_peft.core import tokens
+from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.prompt_embedding import PromptEmbedding
+from keras_peft.layers.prompt_sites import PromptAlignment
+from keras_peft.layers.prompt_sites import PromptInsertion
+from keras_peft.prompt_tuning import init as init_lib
+from keras_peft.prompt_tuning.config import PromptTuningConfig
+
+
+class PromptTuningMethod(method_lib.Method):
+    name = "prompt_tuning"
+    config_class = PromptTuningConfig
+
+    def plan(self, context, config, initialize=True):
+        state = state_lib.get_state(context.backbone)
+        if state and any(c.method == self.name for c in state.configs):
+            raise ValueError(
+                "The model already has prompt tuning applied; a model takes "
+                "one prompt."
+            )
+        sites = context.architecture.prompt_sites(context.backbone)
+        _check_length(context, sites, config.length)
+        parents = layer_tree.parent_map(context.model)
+        graph_of = context.backbone if sites.graph_only else None
+        for layer in (sites.insert_layer, *(a.layer for a in sites.aligned)):
+            if isinstance(layer, AdapterLayer) or isinstance(
+                parents.get(id(layer)), AdapterLayer
+            ):
+                raise ValueError(
+                    f"Layer {layer.path!r} is already wrapped by keras-peft; "
+                    "prompt tuning cannot wrap it again."
+                )
+        surgery.check_replaceable(context.model, sites.insert_layer, graph_of)
+        for alignment in sites.aligned:
+            surgery.check_replaceable(context.model, alignment.layer)
+
+        values = None
+        if initialize:
+            tokenizer = tokens.resolve_tokenizer(context, config.tokenizer)
+            values = init_lib.initial_prompt(
+                config, init_lib.embedding_matrix(sites.embeddings), tokenizer
+            )
+
+        insert = sites.insert_layer
+        with injection.scope_of(f"{insert.path}/prompt_embedding"):
+            prompt = PromptEmbedding(
+                config.length,
+                insert_at=sites.insert_at,
+                name="prompt_embedding",
+                dtype=insert.dtype_policy,
+            )
+            prompt.build((None, None, sites.embeddings.shape[-1]))
+        if values is not None:
+            prompt.prompt.assign(values[None].astype("float32"))
+        with injection.scope_of(insert.path):
+            inserted = PromptInsertion(
+                insert,
+                prompt,
+                where=sites.where,
+                mask_argument=sites.mask_argument,
+                max_length=sites.max_length,
+            )
+        replacements = [method_lib.Replacement(insert, inserted, graph_of)]
+        for alignment in sites.aligned:
+            layer = alignment.layer
+            with injection.scope_of(layer.path):
+                wrapper = PromptAlignment(
+                    layer,
+                    config.length,
+                    insert_at=sites.insert_at,
+                    mask_argument=alignment.mask_argument,
+                    cache_argument=alignment.cache_argument,
+                    cache_index_argument=alignment.cache_index_argument,
+                    fill_output=alignment.fill_output,
+                    strip_output=alignment.strip_output,
+                )
+            replacements.append(method_lib.Replacement(layer, wrapper))
+        return method_lib.MethodPlan(tuple(replacements))
+
+
+def _check_length(context, sites, length):
+    if sites.max_length is None:
+        return
+    if length >= sites.max_length:
+        raise ValueError(
+            f"A prompt of length {length} leaves no room for inputs: "
+            f"{type(context.backbone).__name__} takes at most "
+            f"{sites.max_length} positions."
+        )
+    preprocessor = getattr(context.model, "preprocessor", None)
+    sequence_length = getattr(preprocessor, "sequence_length", None)
+    if sequence_length is not None and sequence_length + length > (
+        sites.max_length
+    ):
+        raise ValueError(
+            f"The preprocessor makes inputs of length {sequence_length}, "
+            f"which do not fit with a prompt of length {length}: the model "
+            f"takes at most {sites.max_length} positions. Set the "
+            "preprocessor's `sequence_length` to at most "
+            f"{sites.max_length - length}."
+        )
+
+
+METHOD = config_lib.register_method(PromptTuningMethod())
