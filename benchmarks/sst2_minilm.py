@@ -1,13 +1,17 @@
-"""Checks that LoRA learns: SST-2 on a real pretrained BERT (MiniLM-L6).
+"""Checks that the methods learn: SST-2 on a real pretrained BERT (MiniLM-L6).
 
 Fine-tunes `keras_hub.models.BertTextClassifier` (2 classes) built from the
 pretrained all-MiniLM-L6-v2 checkpoint that `../shared/tools/minilm` provides
 (6 layers, hidden 384) on the same N examples of the GLUE SST-2 training set
-(`../shared/data/sst2/train.tsv`) for the same number of epochs, three ways:
+(`../shared/data/sst2/train.tsv`) for the same number of epochs, five ways:
 
 - `head`: head only, the whole backbone frozen (`backbone.trainable = False`);
 - `lora`: `keras_peft.apply(model, LoRAConfig(rank=8, alpha=16))` (LoRA on
   the attention query and value projections, classification head trainable);
+- `prompt`: `PromptTuningConfig(length=20, init="labels", class_labels=
+  ["negative", "positive"])` (prompt after [CLS], head trainable);
+- `prefix`: `PrefixTuningConfig(length=10)` (every self-attention, MLP
+  reparametrization, head trainable);
 - `full`: full fine-tuning.
 
 SST-2's labelled test set is not public, so a validation set is split off the
@@ -49,10 +53,12 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
-VARIANTS = ("head", "lora", "full")
+VARIANTS = ("head", "lora", "prompt", "prefix", "full")
 LABELS = {
     "head": "head only (backbone frozen)",
     "lora": "keras-peft LoRA r=8 (q, v)",
+    "prompt": "keras-peft prompt tuning l=20 (labels init)",
+    "prefix": "keras-peft prefix tuning l=10 (MLP reparam.)",
     "full": "full fine-tuning",
 }
 
@@ -76,6 +82,8 @@ def parse_args(argv=None):
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank")
     parser.add_argument("--lr-head", type=float, default=3e-2)
     parser.add_argument("--lr-lora", type=float, default=2e-3)
+    parser.add_argument("--lr-prompt", type=float, default=3e-2)
+    parser.add_argument("--lr-prefix", type=float, default=1e-3)
     parser.add_argument("--lr-full", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -190,6 +198,15 @@ def build_model(variant, checkpoint, args):
         config = keras_peft.LoRAConfig(rank=args.rank, alpha=2 * args.rank)
         keras_peft.apply(model, config)
         lr = args.lr_lora
+    elif variant == "prompt":
+        config = keras_peft.PromptTuningConfig(
+            length=20, init="labels", class_labels=["negative", "positive"]
+        )
+        keras_peft.apply(model, config)
+        lr = args.lr_prompt
+    elif variant == "prefix":
+        keras_peft.apply(model, keras_peft.PrefixTuningConfig(length=10))
+        lr = args.lr_prefix
     else:
         lr = args.lr_full
     model.compile(

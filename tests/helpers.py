@@ -303,3 +303,22 @@ def minilm_path():
         return None
     path = result.stdout.strip()
     return path if result.returncode == 0 and os.path.isdir(path) else None
+
+
+# A WordPiece vocabulary of BERT["vocabulary_size"] entries: special and
+# reserved tokens first, then words, as in real BERT vocabularies.
+BERT_WORDS = (
+    "the a good bad movie film great awful plot actor story fun dull "
+    "happy sad love hate best worst funny boring music scene end "
+    "summarize positive negative table text"
+).split()
+BERT_VOCABULARY = (
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + [f"[unused{i}]" for i in range(4)]
+    + BERT_WORDS
+    + [f"w{i}" for i in range(BERT["vocabulary_size"] - 9 - len(BERT_WORDS))]
+)
+
+
+def bert_tokenizer():
+    return keras_hub.models.BertTokenizer(vocabulary=BERT_VOCABULARY)

@@ -273,9 +273,7 @@ def load_adapter(model, path):
         plan = None
         variables = [v for v in context.model.weights if v.trainable]
     elif not applied:
-        plan = injection.plan(
-            context.model, bundle.configs, initialize=False
-        )
+        plan = injection.plan(context.model, bundle.configs, initialize=False)
         variables = plan.trainable_variables_after()
     else:
         mismatch = _describe_config_mismatch(bundle.configs, applied)

@@ -88,6 +88,9 @@ class Plan:
         """Swaps the new layers in and freezes the base. Cannot fail midway:
         everything it relies on was checked while planning."""
         state = self._state_after()
+        # Computed on the tree before the swap: replacements are described
+        # relative to it.
+        keep = self._trainable_ids_after(state)
         for replacement in self.replacements:
             surgery.replace_layer(
                 self.context.model,
@@ -95,9 +98,7 @@ class Plan:
                 replacement.new,
                 graph_of=replacement.graph_of,
             )
-        freezing.set_backbone_trainable(
-            self.context.backbone, self._trainable_ids_after(state)
-        )
+        freezing.set_backbone_trainable(self.context.backbone, keep)
         state_lib.set_state(self.context.backbone, state)
         surgery.forget_compiled_functions(self.context.model)
 

@@ -75,7 +75,9 @@ def common_token_ids(vocabulary_size, tokenizer=None):
             if len(found) == COMMON_VOCABULARY:
                 break
     if not found:
-        raise ValueError("The tokenizer's vocabulary holds only special tokens.")
+        raise ValueError(
+            "The tokenizer's vocabulary holds only special tokens."
+        )
     return np.asarray(found)
 
 

@@ -26,6 +26,10 @@ class _PassThrough(AdapterLayer):
 
     method = "prompt_tuning"
 
+    def build(self, *args, **kwargs):
+        # Nothing to create: building only gives the layer its path.
+        pass
+
     def __call__(self, *args, **kwargs):
         return self.call(*args, **kwargs)
 
@@ -87,7 +91,7 @@ class PromptInsertion(_PassThrough):
         self.where = where
         self.mask_argument = mask_argument
         self.max_length = max_length
-        self.built = True
+        self.build()
 
     def _insert(self, sequence):
         length = sequence.shape[1]
@@ -156,7 +160,9 @@ class PromptAlignment(_PassThrough):
         check_int("length", length)
         check_int("insert_at", insert_at, minimum=0)
         if fill_output and strip_output:
-            raise ValueError("`fill_output` and `strip_output` exclude each other.")
+            raise ValueError(
+                "`fill_output` and `strip_output` exclude each other."
+            )
         kwargs.setdefault("name", base_layer.name)
         kwargs.setdefault("dtype", base_layer.dtype_policy)
         super().__init__(**kwargs)
@@ -168,7 +174,7 @@ class PromptAlignment(_PassThrough):
         self.cache_index_argument = cache_index_argument
         self.fill_output = fill_output
         self.strip_output = strip_output
-        self.built = True
+        self.build()
 
     def _grow_cache(self, cache, kwargs):
         if kwargs.get(self.cache_index_argument) is None:

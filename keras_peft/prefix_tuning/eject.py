@@ -40,7 +40,8 @@ def eject_prefix(model):
     layers = [
         layer
         for layer, _ in layer_tree.iter_layers(context.model)
-        if isinstance(layer, PrefixAttention) and layer.prefix_source is not None
+        if isinstance(layer, PrefixAttention)
+        and layer.prefix_source is not None
     ]
     if not layers:
         raise ValueError(

@@ -24,7 +24,9 @@ class PrefixTuningMethod(method_lib.Method):
         layers = selected_attention_layers(context, config)
         parents = layer_tree.parent_map(context.model)
         for layer in layers:
-            if isinstance(parents.get(id(layer)), AdapterLayer):
+            if isinstance(layer, AdapterLayer) or isinstance(
+                parents.get(id(layer)), AdapterLayer
+            ):
                 raise ValueError(
                     f"Attention layer {layer.path!r} is already wrapped by "
                     "keras-peft; prefix tuning cannot wrap it again."
@@ -47,7 +49,9 @@ class PrefixTuningMethod(method_lib.Method):
         source = None
         if config.reparam:
             backbone = context.backbone
-            with injection.scope_of(f"{backbone.path}/prefix_reparametrization"):
+            with injection.scope_of(
+                f"{backbone.path}/prefix_reparametrization"
+            ):
                 source = PrefixReparametrization(
                     config.length,
                     num_layers=len(layers),

@@ -28,9 +28,9 @@ def initial_prompt(config, embeddings, tokenizer):
         return tokens.repeat_to(embeddings[ids], length)
     labels = np.stack(
         [
-            embeddings[tokens.text_token_ids(tokenizer, label, vocabulary)].mean(
-                axis=0
-            )
+            embeddings[
+                tokens.text_token_ids(tokenizer, label, vocabulary)
+            ].mean(axis=0)
             for label in config.class_labels
         ]
     )

@@ -50,8 +50,10 @@ def nearest_tokens(model, tokenizer, k=5):
     embeddings = init_lib.embedding_matrix(
         context.architecture.prompt_sites(context.backbone).embeddings
     )
-    if not isinstance(k, int) or isinstance(k, bool) or not (
-        1 <= k <= embeddings.shape[0]
+    if (
+        not isinstance(k, int)
+        or isinstance(k, bool)
+        or not (1 <= k <= embeddings.shape[0])
     ):
         raise ValueError(
             f"`k` must be an int in [1, {embeddings.shape[0]}]. Got {k!r}."
@@ -63,7 +65,10 @@ def nearest_tokens(model, tokenizer, k=5):
         similarity = _unit(prompt) @ vocabulary.T
         nearest = np.argsort(-similarity, axis=-1, kind="stable")[:, :k]
         found.append(
-            [[str(tokenizer.id_to_token(int(i))) for i in row] for row in nearest]
+            [
+                [str(tokenizer.id_to_token(int(i))) for i in row]
+                for row in nearest
+            ]
         )
     return found[0] if len(found) == 1 else found
 

@@ -1,0 +1,115 @@
+"""Decoding checks for T5Seq2SeqLM: keras-hub's `generate` runs a cached
+decoder (`call_decoder_with_cache`), not the functional graph, so every
+method must act on that path too."""
+
+import keras
+import numpy as np
+
+from tests import helpers
+
+MAX_LENGTH = 6
+
+
+def generate_inputs(batch=2):
+    inputs = helpers.t5_inputs(batch=batch)
+    decoder = np.zeros((batch, MAX_LENGTH), "int32")
+    decoder_mask = np.zeros((batch, MAX_LENGTH), "int32")
+    decoder_mask[:, 0] = 1
+    return {
+        "encoder_token_ids": inputs["encoder_token_ids"],
+        "encoder_padding_mask": inputs["encoder_padding_mask"],
+        "decoder_token_ids": decoder,
+        "decoder_padding_mask": decoder_mask,
+    }
+
+
+def greedy_generate(model, inputs):
+    model.compile(sampler="greedy")
+    return np.asarray(
+        model.generate(inputs, stop_token_ids=None)["decoder_token_ids"]
+    )
+
+
+def full_forward_logits(model, inputs, tokens):
+    """Logits of the whole model (functional graph) for decoder `tokens`."""
+    batch, length = tokens.shape
+    return keras.ops.convert_to_numpy(
+        model(
+            {
+                "encoder_token_ids": inputs["encoder_token_ids"],
+                "encoder_padding_mask": inputs["encoder_padding_mask"],
+                "decoder_token_ids": tokens,
+                "decoder_padding_mask": np.ones((batch, length), "int32"),
+            }
+        )
+    )
+
+
+def greedy_by_full_forward(model, inputs):
+    """Greedy decoding that runs the whole model for every new token."""
+    tokens = np.array(inputs["decoder_token_ids"])
+    for step in range(1, MAX_LENGTH):
+        logits = full_forward_logits(model, inputs, tokens[:, :step])
+        tokens[:, step] = np.argmax(logits[:, -1], -1)
+    return tokens
+
+
+def cached_logits(model, inputs, tokens):
+    """Logits of keras-hub's cached decoding, one token at a time.
+
+    Seeds the caches as `generate` does (`_build_cache` on the first token),
+    then feeds `tokens[:, i]` at cache index `i`.
+    """
+    encoder_ids = inputs["encoder_token_ids"]
+    encoder_mask = inputs["encoder_padding_mask"]
+    _, encoder_states, self_cache, cross_cache = model._build_cache(
+        encoder_ids, encoder_mask, tokens[:, :1]
+    )
+    # `_build_cache` sized the self-attention cache for one token.
+    self_cache = keras.ops.pad(
+        self_cache,
+        [[0, 0], [0, 0], [0, 0], [0, tokens.shape[1] - 1], [0, 0], [0, 0]],
+    )
+    logits = []
+    for index in range(tokens.shape[1]):
+        step_logits, _, self_cache, _ = model.call_decoder_with_cache(
+            encoder_hidden_states=encoder_states,
+            encoder_padding_mask=encoder_mask,
+            decoder_token_ids=tokens[:, index : index + 1],
+            self_attention_cache=self_cache,
+            self_attention_cache_update_index=index,
+            cross_attention_cache=cross_cache,
+            cross_attention_cache_update_index=None,
+        )
+        logits.append(keras.ops.convert_to_numpy(step_logits)[:, 0])
+    return np.stack(logits, axis=1)
+
+
+def assert_cached_decoding_matches(model):
+    """Cached logits equal full-pass logits, and greedy `generate` equals
+    greedy decoding by full forward passes, token for token.
+
+    Returns:
+        The generated tokens.
+    """
+    inputs = generate_inputs()
+    generated = greedy_generate(model, inputs)
+    np.testing.assert_array_equal(
+        generated, greedy_by_full_forward(model, inputs)
+    )
+    np.testing.assert_allclose(
+        cached_logits(model, inputs, generated),
+        full_forward_logits(model, inputs, generated),
+        atol=1e-4,
+        rtol=1e-4,
+    )
+    return generated
+
+
+def assert_changes_logits(model, base_model):
+    """The method moves the decoder's logits away from the base model's."""
+    inputs = generate_inputs()
+    tokens = greedy_generate(model, inputs)
+    logits = full_forward_logits(model, inputs, tokens)
+    base = full_forward_logits(base_model, inputs, tokens)
+    assert np.abs(logits - base).max() > 1e-2 * np.abs(base).max()
