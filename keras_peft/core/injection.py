@@ -227,16 +227,23 @@ def remove_method(model, method_name, layer_fn):
         [g for _, g in kept],
         state.original_trainable,
     )
+    record_state(context.backbone, state)
+
+
+def record_state(backbone, state):
+    """Records `state` and freezes the backbone to match it: adapter
+    variables of the layers it holds now and the base variables the configs
+    keep train; everything else is frozen."""
     adapters = [
         layer
-        for layer, _ in layer_tree.iter_layers(context.backbone)
+        for layer, _ in layer_tree.iter_layers(backbone)
         if isinstance(layer, AdapterLayer)
     ]
     freezing.set_backbone_trainable(
-        context.backbone,
+        backbone,
         freezing.trainable_ids(adapters, state.trainable_base_variables),
     )
-    state_lib.set_state(context.backbone, state)
+    state_lib.set_state(backbone, state)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,12 @@ class _PassThrough(AdapterLayer):
 
     method = "prompt_tuning"
 
+    def __init__(self, base_layer, **kwargs):
+        kwargs.setdefault("name", base_layer.name)
+        kwargs.setdefault("dtype", base_layer.dtype_policy)
+        super().__init__(**kwargs)
+        self.base_layer = base_layer
+
     def build(self, *args, **kwargs):
         # Nothing to create: building only gives the layer its path.
         pass
@@ -83,10 +89,7 @@ class PromptInsertion(_PassThrough):
             )
         if max_length is not None:
             check_int("max_length", max_length)
-        kwargs.setdefault("name", base_layer.name)
-        kwargs.setdefault("dtype", base_layer.dtype_policy)
-        super().__init__(**kwargs)
-        self.base_layer = base_layer
+        super().__init__(base_layer, **kwargs)
         self.prompt = prompt
         self.where = where
         self.mask_argument = mask_argument
@@ -163,10 +166,7 @@ class PromptAlignment(_PassThrough):
             raise ValueError(
                 "`fill_output` and `strip_output` exclude each other."
             )
-        kwargs.setdefault("name", base_layer.name)
-        kwargs.setdefault("dtype", base_layer.dtype_policy)
-        super().__init__(**kwargs)
-        self.base_layer = base_layer
+        super().__init__(base_layer, **kwargs)
         self.length = length
         self.insert_at = insert_at
         self.mask_argument = mask_argument

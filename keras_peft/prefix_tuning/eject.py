@@ -3,11 +3,10 @@
 import dataclasses
 
 from keras_peft.core import architectures
-from keras_peft.core import freezing
+from keras_peft.core import injection
 from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
-from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.prefix_attention import PrefixAttention
 
 
@@ -60,15 +59,6 @@ def eject_prefix(model):
     state = state_lib.PeftState(
         configs, state.trainable_base_variables, state.original_trainable
     )
-    adapters = [
-        layer
-        for layer, _ in layer_tree.iter_layers(context.backbone)
-        if isinstance(layer, AdapterLayer)
-    ]
-    freezing.set_backbone_trainable(
-        context.backbone,
-        freezing.trainable_ids(adapters, state.trainable_base_variables),
-    )
-    state_lib.set_state(context.backbone, state)
+    injection.record_state(context.backbone, state)
     surgery.forget_compiled_functions(context.model)
     return model
