@@ -2,9 +2,13 @@
 
 Measures the wall time of `keras_hub.models.T5Seq2SeqLM.generate` (greedy,
 keras-hub's cached decoder: encoder once, then one decoder step per token
-with key/value caches) on a small randomly initialised `T5Backbone` (vocab
-1000, hidden 256, 4+4 layers, 4 heads, FFN 512, no dropout) on random
-encoder token ids, for three variants built in one run:
+with key/value caches) on a randomly initialised `T5Backbone` on random
+encoder token ids, for three variants built in one run. Two sizes
+(`--model`): `t5-small`, the architecture of keras-hub's `t5_small_multi`
+(vocab 32128, hidden 512, 6+6 layers, 8 heads, FFN 2048), and `tiny`
+(vocab 1000, hidden 256, 4+4 layers, 4 heads, FFN 512), a toy where the
+attention over the caches is most of a decoding step's work, so the
+prefix's longer keys weigh the most. The variants:
 
 - `base`: the model as it is;
 - `prefix_reparam`: `keras_peft.apply(model,
@@ -29,12 +33,13 @@ all three alike; reported figures are medians over all timed calls.
 
 The target (from the paper): per-token latency with the prefix at most
 1.10x of the latency without. The results replace the `t5_generate_prefix`
-section of `benchmarks/RESULTS.md`. Numbers are only meaningful on an
-otherwise idle machine.
+section of `benchmarks/RESULTS.md` (suffixed `_tiny` and `_xla` by those
+options). Numbers are only meaningful on an otherwise idle machine.
 
 Run:
 
     python benchmarks/t5_generate_prefix.py
+    python benchmarks/t5_generate_prefix.py --model tiny --jit-compile
     python benchmarks/t5_generate_prefix.py --rounds 2 --warmup 1 --no-write
 """
 
@@ -64,14 +69,27 @@ LABELS = {
     "prefix_reparam": "prefix (reparam MLP)",
     "prefix_ejected": "prefix (ejected)",
 }
-MODEL = dict(
-    vocabulary_size=1000,
-    num_layers=4,
-    num_heads=4,
-    hidden_dim=256,
-    intermediate_dim=512,
-    dropout=0.0,
-)
+MODELS = {
+    # keras-hub's `t5_small_multi` architecture, randomly initialised.
+    "t5-small": dict(
+        vocabulary_size=32128,
+        num_layers=6,
+        num_heads=8,
+        hidden_dim=512,
+        intermediate_dim=2048,
+        key_value_dim=64,
+        dropout=0.0,
+    ),
+    # A toy model where attention is most of the work.
+    "tiny": dict(
+        vocabulary_size=1000,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=256,
+        intermediate_dim=512,
+        dropout=0.0,
+    ),
+}
 TARGET = 1.10
 
 
@@ -108,6 +126,9 @@ def parse_args(argv=None):
         help="second, shorter decoder length for the marginal per-token "
         "latency",
     )
+    parser.add_argument(
+        "--model", choices=sorted(MODELS), default="t5-small", help="size"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--jit-compile",
@@ -129,7 +150,7 @@ def parse_args(argv=None):
 
 def build_model(args):
     keras.utils.set_random_seed(args.seed)
-    backbone = keras_hub.models.T5Backbone(**MODEL)
+    backbone = keras_hub.models.T5Backbone(**MODELS[args.model])
     return keras_hub.models.T5Seq2SeqLM(backbone, preprocessor=None)
 
 
@@ -161,7 +182,7 @@ def make_inputs(args, length):
     decoder_mask[:, 0] = 1
     inputs = {
         "encoder_token_ids": rng.integers(
-            2, MODEL["vocabulary_size"], encoder_shape
+            2, MODELS[args.model]["vocabulary_size"], encoder_shape
         ).astype("int32"),
         "encoder_padding_mask": np.ones(encoder_shape, "int32"),
         "decoder_token_ids": np.zeros((args.batch, length), "int32"),
@@ -207,6 +228,16 @@ def quartiles_ms(values):
     return 1e3 * q1, 1e3 * statistics.median(values), 1e3 * q3
 
 
+def describe(args):
+    config = MODELS[args.model]
+    return (
+        f"vocab {config['vocabulary_size']}, hidden {config['hidden_dim']}, "
+        f"{config['num_layers']} encoder + {config['num_layers']} decoder "
+        f"layers, {config['num_heads']} heads, FFN "
+        f"{config['intermediate_dim']}, dropout 0"
+    )
+
+
 def verdict(ok):
     return "PASS" if ok else "MISS"
 
@@ -227,12 +258,13 @@ def report(times, stats, args, wall):
     lines = [
         "## T5 generation latency with prefix tuning "
         "(`benchmarks/t5_generate_prefix.py"
+        + ("" if args.model == "t5-small" else f" --model {args.model}")
         + (" --jit-compile`, XLA)" if args.jit_compile else "`)"),
         "",
         f"- Date: {datetime.date.today().isoformat()}",
         f"- Machine: {results_file.machine()}",
-        "- Model: random `T5Backbone` (vocab 1000, hidden 256, 4 encoder + "
-        "4 decoder layers, 4 heads, FFN 512, dropout 0) in a `T5Seq2SeqLM` "
+        f"- Model `{args.model}`: random `T5Backbone` ({describe(args)}) "
+        "in a `T5Seq2SeqLM` "
         f"(no preprocessor): {base_params:,} parameters; "
         f"`jit_compile` {stats['base']['jit_compile']}.",
         f"- Prefix tuning: `PrefixTuningConfig(length={args.prefix})` on "
@@ -334,6 +366,8 @@ def main(argv=None):
         print("\n(--no-write: benchmarks/RESULTS.md left unchanged)")
     else:
         section = "t5_generate_prefix"
+        if args.model != "t5-small":
+            section += f"_{args.model}"
         if args.jit_compile:
             section += "_xla"
         results_file.update_section(section, body)

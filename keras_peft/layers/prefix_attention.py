@@ -198,6 +198,11 @@ class PrefixAttention(AdapterLayer):
             ops.broadcast_to(values, (batch_size, *values.shape[1:])),
         )
 
+    def _batched_prefix_cache(self, batch_size, dtype):
+        """The prefix as a T5 cache, `(batch, 2, length, heads, dim)`."""
+        cache = ops.stack([ops.cast(v, dtype) for v in self.prefix()])[None]
+        return ops.broadcast_to(cache, (batch_size, *cache.shape[1:]))
+
     def _compute_attention_with_prefix(
         self,
         original,
@@ -301,7 +306,20 @@ class T5PrefixAttention(PrefixAttention):
     """`PrefixAttention` around keras-hub's `T5MultiHeadAttention`.
 
     `PrefixAttention(t5_attention, length)` returns one of these; it takes
-    and returns what `T5MultiHeadAttention` does.
+    and returns what `T5MultiHeadAttention` does, with one difference in the
+    cache it returns. Keys and values are projected by this layer and handed
+    to the wrapped one as a ready cache `[P; K]`:
+
+    - a self-attention cache comes back as the wrapped layer would return
+      it (the new keys and values written at `cache_update_index`), never
+      holding the prefix, so caches keep their size;
+    - a cross-attention cache that this layer fills (a call with
+      `key_value_states`, `cache` and `cache_update_index`) comes back
+      `length` rows longer, the prefix in front. keras-hub fills the
+      cross-attention cache once and reuses it at every decoding step,
+      which then copies nothing. A cross-attention cache spans the whole
+      source sequence, so one whose static length is the source's plus
+      `length` is recognised as holding the prefix.
     """
 
     def call(
@@ -316,44 +334,42 @@ class T5PrefixAttention(PrefixAttention):
     ):
         base = self.base_layer
         batch_size, query_length = ops.shape(hidden_states)[:2]
-        prefix_key, prefix_value = self._batched_prefix(
-            batch_size, base.compute_dtype
-        )
-        prefix_cache = ops.stack([prefix_key, prefix_value], axis=1)
-        # The prefix enters through T5's cache: a cache holding it, updated
-        # at an index shifted past it, yields keys `[P_k; K]`.
+        # Keys and values are projected here and the attention reads them
+        # from a ready cache `[P; K]`: shifting the wrapped layer's own cache
+        # update past the prefix would copy the whole cache into a longer
+        # one at every decoding step and slice it back, and filling a cache
+        # (`slice_update`) has no gradient on TensorFlow in full passes.
+        holds_prefix = self._holds_prefix(cache, key_value_states)
+        query_start = 0
         if cache is None:
-            # Keys and values projected here, so that the attention reads
-            # them from the cache unchanged: filling the cache instead
-            # (`slice_update`) has no gradient on TensorFlow.
-            sources = (
-                hidden_states if key_value_states is None else key_value_states
-            )
-            key_length = ops.shape(sources)[1]
-            projected = ops.stack(
-                [
-                    ops.reshape(
-                        projector(sources),
-                        (batch_size, key_length, self.num_heads, self.key_dim),
-                    )
-                    for projector in (base.key_projector, base.value_projector)
-                ],
-                axis=1,
-            )
-            extended_cache = ops.concatenate(
-                [ops.cast(prefix_cache, projected.dtype), projected], axis=2
-            )
-            index, query_start = None, 0
+            keys = self._project(hidden_states, key_value_states)
+        elif cache_update_index is None:
+            keys = cache
         else:
-            key_length = ops.shape(cache)[2]
-            extended_cache = ops.concatenate(
-                [ops.cast(prefix_cache, cache.dtype), cache], axis=2
+            projected = self._project(hidden_states, key_value_states)
+            start = cache_update_index + (self.length if holds_prefix else 0)
+            keys = ops.slice_update(
+                cache, (0, 0, start, 0, 0), ops.cast(projected, cache.dtype)
             )
-            if cache_update_index is None:
-                index, query_start = None, 0
-            else:
-                index = cache_update_index + self.length
-                query_start = cache_update_index
+            query_start = cache_update_index
+        if holds_prefix:
+            extended_cache = keys
+            key_length = ops.shape(keys)[2] - self.length
+        else:
+            key_length = ops.shape(keys)[2]
+            extended_cache = ops.concatenate(
+                [self._batched_prefix_cache(batch_size, keys.dtype), keys],
+                axis=2,
+            )
+        new_cache = None
+        if cache is not None:
+            # A cross-attention cache this layer fills leaves holding the
+            # prefix, so the decoding steps that reuse it copy nothing.
+            keeps_prefix = holds_prefix or (
+                cache_update_index is not None
+                and self._sized_for_source(cache, key_value_states, 0)
+            )
+            new_cache = extended_cache if keeps_prefix else keys
 
         if position_bias is None:
             if base.use_relative_attention_bias:
@@ -375,14 +391,46 @@ class T5PrefixAttention(PrefixAttention):
             (*ops.shape(position_bias)[:-1], self.length),
             position_bias.dtype,
         )
-        outputs, _, extended_cache = base(
+        outputs, _, _ = base(
             hidden_states,
             key_value_states=key_value_states,
             position_bias=ops.concatenate([zeros, position_bias], axis=-1),
             cache=extended_cache,
-            cache_update_index=index,
             training=training,
         )
-        if cache is None:
-            return outputs, position_bias, None
-        return outputs, position_bias, extended_cache[:, :, self.length :]
+        return outputs, position_bias, new_cache
+
+    def _sized_for_source(self, cache, key_value_states, extra):
+        """Whether a cross-attention cache statically spans the source."""
+        if cache is None or key_value_states is None:
+            return False
+        source_length = key_value_states.shape[1]
+        return (
+            source_length is not None
+            and cache.shape[2] is not None
+            and cache.shape[2] == source_length + extra
+        )
+
+    def _holds_prefix(self, cache, key_value_states):
+        # A cross-attention cache spans the whole source sequence, so one
+        # `length` rows longer can only be one this layer filled, prefix
+        # first. Self-attention caches never hold the prefix.
+        return self._sized_for_source(cache, key_value_states, self.length)
+
+    def _project(self, hidden_states, key_value_states):
+        """Projected keys and values, `(batch, 2, length, heads, dim)`."""
+        base = self.base_layer
+        sources = (
+            hidden_states if key_value_states is None else key_value_states
+        )
+        batch_size, length = ops.shape(sources)[:2]
+        return ops.stack(
+            [
+                ops.reshape(
+                    projector(sources),
+                    (batch_size, length, self.num_heads, self.key_dim),
+                )
+                for projector in (base.key_projector, base.value_projector)
+            ],
+            axis=1,
+        )

@@ -186,7 +186,8 @@ def test_t5_cross_attention_matches_reference():
 
 
 def test_t5_cached_decoding_equals_full_pass():
-    """keras-hub's cache path: one query at a time, prefix outside the cache."""
+    """keras-hub's self-attention cache path: one query at a time; the cache
+    keeps its size and never holds the prefix."""
     rng = np.random.default_rng(4)
     x = rng.normal(size=(B, T, D)).astype("float32")
     causal = np.tril(np.ones((T, T), "float32"))[None].repeat(B, 0)
@@ -204,6 +205,54 @@ def test_t5_cached_decoding_equals_full_pass():
         )
         assert cache.shape == (B, 2, T, HEADS, HEAD_DIM)
         np.testing.assert_allclose(out[:, 0], full[:, step], atol=1e-5)
+
+
+def test_t5_cross_attention_cache_keeps_the_prefix_once_filled():
+    """keras-hub fills the cross-attention cache once, then reuses it at
+    every step: filled by the layer, it holds the prefix in front, so the
+    steps copy nothing; a plain cache filled elsewhere works too."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(B, T, D)).astype("float32")
+    encoder = rng.normal(size=(B, S, D)).astype("float32")
+    mask = np.ones((B, 1, S), "float32")
+    mask[1, :, -2:] = 0
+    base = _t5_attention(is_decoder=True, relative=False)
+    layer = PrefixAttention(base, length=L)
+    _randomize_prefix(layer)
+    full, _, _ = layer(x, mask=mask, key_value_states=encoder)
+    empty = np.zeros((B, 2, S, HEADS, HEAD_DIM), "float32")
+    seeded, _, filled = layer(
+        x[:, :1],
+        mask=mask,
+        key_value_states=encoder,
+        cache=empty,
+        cache_update_index=0,
+    )
+    np.testing.assert_allclose(seeded[:, 0], full[:, 0], atol=1e-5)
+    assert filled.shape == (B, 2, L + S, HEADS, HEAD_DIM)
+    filled = np.asarray(filled)
+    for row, prefix in enumerate((layer.prefix_key, layer.prefix_value)):
+        np.testing.assert_array_equal(
+            filled[:, row, :L], np.broadcast_to(prefix, (B, L, HEADS, HEAD_DIM))
+        )
+    plain = np.stack(
+        [
+            _project(projector, encoder).reshape(B, S, HEADS, HEAD_DIM)
+            for projector in (base.key_projector, base.value_projector)
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(filled[:, :, L:], plain, atol=1e-6)
+    for cache in (filled, plain):
+        for step in range(1, T):
+            out, _, returned = layer(
+                x[:, step : step + 1],
+                mask=mask,
+                key_value_states=encoder,
+                cache=cache,
+            )
+            np.testing.assert_array_equal(returned, cache)
+            np.testing.assert_allclose(out[:, 0], full[:, step], atol=1e-5)
 
 
 def test_serialization_round_trip(tmp_path):
