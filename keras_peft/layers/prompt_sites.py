@@ -109,8 +109,6 @@ class PromptInsertion(_PassThrough):
                 f"{self.max_length} positions, so inputs may be at most "
                 f"{self.max_length - self.prompt.length} long."
             )
-        if not self.prompt.built:
-            self.prompt.build(sequence.shape)
         return self.prompt(sequence)[0]
 
     def call(self, inputs, *args, **kwargs):
