@@ -169,8 +169,9 @@ def test_t5_self_attention_matches_reference(relative):
     np.testing.assert_allclose(again, output, atol=1e-6)
 
 
-def test_t5_cross_attention_matches_reference():
-    rng = np.random.default_rng(3)
+def _cross_attention_case(seed):
+    """Decoder states, encoder states with padding, a prefixed layer."""
+    rng = np.random.default_rng(seed)
     x = rng.normal(size=(B, T, D)).astype("float32")
     encoder = rng.normal(size=(B, S, D)).astype("float32")
     mask = np.ones((B, 1, S), "float32")
@@ -178,6 +179,11 @@ def test_t5_cross_attention_matches_reference():
     base = _t5_attention(is_decoder=True, relative=False)
     layer = PrefixAttention(base, length=L)
     _randomize_prefix(layer)
+    return x, encoder, mask, base, layer
+
+
+def test_t5_cross_attention_matches_reference():
+    x, encoder, mask, base, layer = _cross_attention_case(seed=3)
     output, _, _ = layer(x, mask=mask, key_value_states=encoder)
     expected = _t5_reference(
         base, layer, x, encoder, np.broadcast_to(mask, (B, T, S))
@@ -211,14 +217,7 @@ def test_t5_cross_attention_cache_keeps_the_prefix_once_filled():
     """keras-hub fills the cross-attention cache once, then reuses it at
     every step: filled by the layer, it holds the prefix in front, so the
     steps copy nothing; a plain cache filled elsewhere works too."""
-    rng = np.random.default_rng(7)
-    x = rng.normal(size=(B, T, D)).astype("float32")
-    encoder = rng.normal(size=(B, S, D)).astype("float32")
-    mask = np.ones((B, 1, S), "float32")
-    mask[1, :, -2:] = 0
-    base = _t5_attention(is_decoder=True, relative=False)
-    layer = PrefixAttention(base, length=L)
-    _randomize_prefix(layer)
+    x, encoder, mask, base, layer = _cross_attention_case(seed=7)
     full, _, _ = layer(x, mask=mask, key_value_states=encoder)
     empty = np.zeros((B, 2, S, HEADS, HEAD_DIM), "float32")
     seeded, _, filled = layer(
