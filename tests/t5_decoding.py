@@ -45,15 +45,6 @@ def full_forward_logits(model, inputs, tokens):
     )
 
 
-def greedy_by_full_forward(model, inputs):
-    """Greedy decoding that runs the whole model for every new token."""
-    tokens = np.array(inputs["decoder_token_ids"])
-    for step in range(1, MAX_LENGTH):
-        logits = full_forward_logits(model, inputs, tokens[:, :step])
-        tokens[:, step] = np.argmax(logits[:, -1], -1)
-    return tokens
-
-
 def cached_logits(model, inputs, tokens):
     """Logits of keras-hub's cached decoding, one token at a time.
 
@@ -86,23 +77,28 @@ def cached_logits(model, inputs, tokens):
 
 
 def assert_cached_decoding_matches(model):
-    """Cached logits equal full-pass logits, and greedy `generate` equals
-    greedy decoding by full forward passes, token for token.
+    """Cached decoding equals the full pass, and `generate` is its greedy
+    decoding.
+
+    Float tolerance, not equality: the cached path attends one query at a
+    time, through other kernels than the full pass, so the two round
+    differently on different CPUs. For the same reason a token is checked to
+    be a best one of the full pass up to that tolerance, teacher-forced on
+    the generated sequence: a near tie may fall either way on another CPU.
 
     Returns:
         The generated tokens.
     """
     inputs = generate_inputs()
     generated = greedy_generate(model, inputs)
-    np.testing.assert_array_equal(
-        generated, greedy_by_full_forward(model, inputs)
-    )
+    full = full_forward_logits(model, inputs, generated)
     np.testing.assert_allclose(
-        cached_logits(model, inputs, generated),
-        full_forward_logits(model, inputs, generated),
-        atol=1e-4,
-        rtol=1e-4,
+        cached_logits(model, inputs, generated), full, atol=1e-4, rtol=1e-4
     )
+    # The logits at step t choose the token at step t + 1.
+    chosen = np.take_along_axis(full[:, :-1], generated[:, 1:, None], -1)
+    best = full[:, :-1].max(-1, keepdims=True)
+    np.testing.assert_array_less(best - chosen, 1e-4 * (1 + np.abs(best)))
     return generated
 
 

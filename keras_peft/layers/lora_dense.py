@@ -78,7 +78,6 @@ def _parse_equation(equation, input_rank=None):
         "fusable": set(rest) <= set(output),
         "in_axes": [kernel_spec.index(c) for c in in_axes],
         "out_axes": [kernel_spec.index(c) for c in out_axes],
-        "forward": equation,
         "down": f"{input_spec},{in_axes}{z}->{rest}{z}",
         "up": f"{rest}{z},{z}{out_axes}->{output}",
         "merge": f"{in_axes}{z},{z}{out_axes}->{kernel_spec}",
@@ -106,8 +105,10 @@ class LoRADense(AdapterLayer):
     `A` and `B` are float32 whatever the dtype policy. `merge()` folds the
     update into the base kernel (no inference cost); `unmerge()` takes it out.
 
-    Without active dropout the forward pass is a single einsum with the
-    kernel `W + scale * A @ B` (as cheap as the base layer), and a custom
+    Without active dropout the forward pass is one product with the kernel
+    `W + scale * A @ B`, by the base layer's own op (`matmul` for `Dense`,
+    its einsum for `EinsumDense`), so it costs what the base costs and an
+    untrained update returns the base's output bit for bit. A custom
     gradient gives `A` and `B` their gradients through thin rank-`r`
     products, never forming the full kernel gradient that keras' built-in
     `enable_lora` computes.
@@ -292,7 +293,7 @@ class LoRADense(AdapterLayer):
             update = ops.einsum(equations["up"], down, lora_b)
             outputs = ops.add(self.base_layer(inputs), update)
         else:
-            outputs = self._fused(equations)(
+            outputs = self._fused(equations, self._base_product)(
                 inputs,
                 ops.cast(self.base_layer.kernel, inputs.dtype),
                 lora_a,
@@ -303,15 +304,26 @@ class LoRADense(AdapterLayer):
                 outputs = ops.add(outputs, bias)
         return self.activation(outputs)
 
-    @staticmethod
-    def _fused(equations):
-        """`x -> x (W + A B)` with the gradients of the low-rank form.
+    def _base_product(self, inputs, kernel):
+        """`inputs` times `kernel` by the very op the base layer uses.
 
-        The forward pass is one einsum with the merged kernel, as cheap as the
-        base layer's. The backward pass never forms the full kernel gradient
-        (which the base kernel, being frozen, does not need): `A` and `B` get
-        theirs from thin rank-`r` products, and the input gets the merged
-        kernel's transpose product.
+        matmul and einsum round differently on some CPUs, so only the base's
+        own op makes an update of zero give the base's output bit for bit.
+        """
+        if isinstance(self.base_layer, keras.layers.EinsumDense):
+            return ops.einsum(self.base_layer.equation, inputs, kernel)
+        return ops.matmul(inputs, kernel)
+
+    @staticmethod
+    def _fused(equations, product):
+        """`x -> product(x, W + A B)` with the gradients of the low-rank form.
+
+        The forward pass is one product with the merged kernel, as cheap as
+        the base layer's and computed by the base layer's own op (`product`).
+        The backward pass never forms the full kernel gradient (which the
+        base kernel, being frozen, does not need): `A` and `B` get theirs
+        from thin rank-`r` products, and the input gets the merged kernel's
+        transpose product.
         """
 
         @ops.custom_gradient
@@ -319,7 +331,7 @@ class LoRADense(AdapterLayer):
             merged = ops.add(
                 kernel, ops.einsum(equations["merge"], lora_a, lora_b)
             )
-            outputs = ops.einsum(equations["forward"], x, merged)
+            outputs = product(x, merged)
 
             def grad(*args, upstream=None):
                 if upstream is None:

@@ -43,7 +43,77 @@ def test_wrapping_dense_starts_with_zero_effect():
     x = np.random.default_rng(0).normal(size=(3, 5)).astype("float32")
     expected = base(x)
     layer = LoRADense(base_layer=base, rank=2, alpha=4)
+    # Exact: B = 0 adds 0, and the base's own op runs (see below).
     np.testing.assert_array_equal(layer(x), expected)
+
+
+# Every kind of layer LoRA wraps in BERT and T5, as (layer factory, input
+# shape) for a model width `d` (heads of 4).
+WRAPPABLE_LAYERS = {
+    "t5_attention_projector": lambda d: (
+        keras.layers.Dense(d, use_bias=False),
+        (4, 7, d),
+    ),
+    "t5_ffn_input_projector": lambda d: (
+        keras.layers.Dense(2 * d, activation="relu", use_bias=False),
+        (4, 7, d),
+    ),
+    "bert_ffn_intermediate": lambda d: (
+        keras.layers.Dense(2 * d, activation="gelu"),
+        (4, 7, d),
+    ),
+    "bert_pooled_dense": lambda d: (
+        keras.layers.Dense(d, activation="tanh"),
+        (4, d),
+    ),
+    "bert_attention_projection": lambda d: (
+        keras.layers.EinsumDense(
+            "abc,cde->abde", output_shape=(None, 4, d // 4), bias_axes="de"
+        ),
+        (4, 7, d),
+    ),
+    "bert_attention_output": lambda d: (
+        keras.layers.EinsumDense(
+            "abcd,cde->abe", output_shape=(None, d), bias_axes="e"
+        ),
+        (4, 7, 4, d // 4),
+    ),
+    "einsum_without_bias": lambda d: (
+        keras.layers.EinsumDense("abc,cd->abd", output_shape=(None, 3 * d)),
+        (4, 7, d),
+    ),
+    "einsum_with_activation": lambda d: (
+        keras.layers.EinsumDense(
+            "ab,bc->ac", output_shape=d, bias_axes="c", activation="gelu"
+        ),
+        (5, d),
+    ),
+}
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("width", [16, 384])
+@pytest.mark.parametrize("kind", sorted(WRAPPABLE_LAYERS))
+def test_untrained_update_returns_base_output_bit_for_bit(kind, width, policy):
+    """Exact by construction: the fused pass runs the base layer's own op on
+    a kernel that `+ 0` leaves bit-identical, then its bias and activation,
+    so no CPU's rounding can tell the two apart (einsum and matmul kernels
+    do round differently: widths of the test models and of MiniLM)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        base, shape = WRAPPABLE_LAYERS[kind](width)
+        base.build(shape)
+        rng = np.random.default_rng(3)
+        x = rng.normal(size=shape).astype("float32")
+        expected = keras.ops.convert_to_numpy(base(x))
+        layer = LoRADense(base_layer=base, rank=4, alpha=8)
+        for training in (False, True):
+            outputs = keras.ops.convert_to_numpy(layer(x, training=training))
+            assert outputs.dtype == expected.dtype
+            assert np.array_equal(outputs, expected), (kind, training)
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def test_update_is_scaled_low_rank_product_inside_activation():
@@ -69,6 +139,7 @@ def test_einsum_shapes_and_formula(equation, out, inp, a_shape, b_shape):
     x = np.random.default_rng(0).normal(size=inp).astype("float32")
     expected = base(x)
     layer = LoRADense(base_layer=base, rank=3, alpha=3)
+    # Exact: B = 0 adds 0, and the base's own einsum runs.
     np.testing.assert_array_equal(layer(x), expected)
     assert tuple(layer.lora_a.shape) == a_shape
     assert tuple(layer.lora_b.shape) == b_shape
@@ -207,6 +278,7 @@ def test_dropout_applies_only_in_training():
     _randomize(layer)
     x = np.ones((64, 5), "float32")
     inference = np.asarray(layer(x, training=False))
+    # Exact: the same call twice; dropout off leaves nothing random.
     np.testing.assert_array_equal(inference, layer(x, training=False))
     assert not np.allclose(layer(x, training=True), inference)
 
@@ -289,7 +361,7 @@ def test_fused_gradients_equal_autodiff_of_low_rank_form(equation, out, inp):
         equations = layer._equations(len(inp))
         down = tf.einsum(equations["down"], x, layer.lora_a.value)
         update = tf.einsum(equations["up"], down, layer.lora_b.value)
-        pre = tf.einsum(equations["forward"], x, base.kernel.value)
+        pre = layer._base_product(x, base.kernel.value)
         if base.bias is not None:
             pre = pre + base.bias.value
         reference = tf.reduce_sum(

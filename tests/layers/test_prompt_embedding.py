@@ -79,6 +79,7 @@ def test_serialization_round_trip(tmp_path):
     path = os.path.join(tmp_path, "prompt.keras")
     model.save(path)
     restored = keras.models.load_model(path)
+    # Exact: the same ops run on the same values.
     for a, b in zip(restored.predict(list(x), verbose=0), expected):
         np.testing.assert_array_equal(a, b)
     layer = restored.layers[-1]
