@@ -1,6 +1,8 @@
 """keras-peft: parameter-efficient fine-tuning for Keras 3 and keras-hub."""
 
 from keras_peft import layers
+from keras_peft.adapters import AdapterConfig
+from keras_peft.bitfit import BitFitConfig
 from keras_peft.core.adapter_io import load_adapter
 from keras_peft.core.adapter_io import save_adapter
 from keras_peft.core.config import PeftConfig

@@ -1,8 +1,11 @@
 """Shared test cases: tiny keras-hub models and the methods to check."""
 
 import dataclasses
+import fcntl
 import os
+import random
 import subprocess
+import tempfile
 
 import keras
 import keras_hub
@@ -85,8 +88,11 @@ class ModelCase:
         test (or test process) builds the case first.
         """
         if self.name not in _BASE_WEIGHTS:
-            keras.utils.set_random_seed(BASE_SEED)
+            # Keras initializers without a seed draw theirs from `random`.
+            state = random.getstate()
+            random.seed(BASE_SEED)
             _BASE_WEIGHTS[self.name] = self.make().get_weights()
+            random.setstate(state)
         model = self.make()
         model.set_weights(_BASE_WEIGHTS[self.name])
         return model
@@ -212,9 +218,28 @@ def reparametrized_prefix_count(case, length, hidden):
     return length * hidden + hidden * hidden + hidden + hidden * width + width
 
 
+def adapter_site_count(case, location):
+    """Sites per location: BERT has self-attention and FFN per layer; T5
+    encoder self-, decoder self- and cross-attention, and two FFNs."""
+    if case.architecture == "bert":
+        attention, ffn = BERT["num_layers"], BERT["num_layers"]
+    else:
+        attention, ffn = 3 * T5["num_layers"], 2 * T5["num_layers"]
+    return {"ffn": ffn, "attn": attention, "both": attention + ffn}[location]
+
+
+def adapter_count(case, location, bottleneck, learned_scale=False):
+    """He et al.: 2 r d per adapter; plus its biases (r + d) and a learned
+    scale, which the paper's formula leaves out."""
+    d = hidden_dim(case)
+    per_site = 2 * bottleneck * d + bottleneck + d + int(learned_scale)
+    return adapter_site_count(case, location) * per_site
+
+
 PROMPT_LENGTH = 4
 PREFIX_LENGTH = 3
 REPARAM_HIDDEN = 8
+ADAPTER_BOTTLENECK = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +289,30 @@ METHOD_CASES = {
             lambda case, model: prefix_count(case, PREFIX_LENGTH),
             starts_at_zero=False,
         ),
+        MethodCase(
+            "adapter",
+            "adapter",
+            # gelu: a ReLU bottleneck this narrow can start dead on every
+            # token, and the fit check wants every new variable to move.
+            lambda case: keras_peft.AdapterConfig(
+                bottleneck=ADAPTER_BOTTLENECK, activation="gelu"
+            ),
+            lambda case, model: adapter_count(case, "ffn", ADAPTER_BOTTLENECK),
+        ),
+        MethodCase(
+            "parallel_adapter",
+            "adapter",
+            lambda case: keras_peft.AdapterConfig(
+                bottleneck=ADAPTER_BOTTLENECK,
+                location="both",
+                parallel=True,
+                scale="learned",
+                activation="gelu",
+            ),
+            lambda case, model: adapter_count(
+                case, "both", ADAPTER_BOTTLENECK, learned_scale=True
+            ),
+        ),
     )
 }
 
@@ -310,10 +359,15 @@ def minilm_path():
     tool = os.path.join(SHARED, "tools", "minilm")
     if not os.path.exists(tool):
         return None
+    # The tool fills its cache unlocked; test processes running in parallel
+    # take turns, so that none sees a half-written cache and skips.
+    lock_path = os.path.join(tempfile.gettempdir(), "keras-peft-minilm.lock")
     try:
-        result = subprocess.run(
-            [tool], capture_output=True, text=True, timeout=600, check=False
-        )
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            result = subprocess.run(
+                [tool], capture_output=True, text=True, timeout=600
+            )
     except (OSError, subprocess.TimeoutExpired):
         return None
     path = result.stdout.strip()

@@ -91,6 +91,9 @@ def assert_cached_decoding_matches(model):
     """
     inputs = generate_inputs()
     generated = greedy_generate(model, inputs)
+    np.testing.assert_array_equal(
+        generated[:, 0], inputs["decoder_token_ids"][:, 0]
+    )
     full = full_forward_logits(model, inputs, generated)
     np.testing.assert_allclose(
         cached_logits(model, inputs, generated), full, atol=1e-4, rtol=1e-4

@@ -64,19 +64,33 @@ def _assert_start_outputs(model_case, method_case, after, before):
     assert any(keras.tree.flatten(differs))
 
 
-# Every task (a backbone has no loss to fit) without XLA, and with XLA once
-# per architecture: the masked LM runs the classifier's BERT code.
+# Each task once (a backbone has no loss to fit), and each architecture with
+# and without XLA: the classifier and the masked LM run the same BERT code
+# (the masked LM's head, a gather at the mask positions and the tied
+# embedding, is the one fitted under XLA); T5 both ways. Under XLA on T5,
+# methods that repeat another's code path are left out: the direct prefix
+# (the reparametrized one's attention) and the sequential adapter (the
+# parallel adapter's site hosts).
 FIT_CASES = [
-    (name, jit_compile)
-    for name, case in sorted(helpers.MODEL_CASES.items())
-    if case.trainable_task
-    for jit_compile in (False, True)
-    if not jit_compile or name in ("bert_classifier", "t5_seq2seq")
+    (model, jit_compile, method)
+    for model, jit_compile in (
+        ("bert_classifier", False),
+        ("bert_masked_lm", True),
+        ("t5_seq2seq", False),
+        ("t5_seq2seq", True),
+    )
+    for method in sorted(helpers.METHOD_CASES)
+    if not (
+        model == "t5_seq2seq"
+        and jit_compile
+        and method in ("prefix_tuning_direct", "adapter")
+    )
 ]
 
 
-@pytest.mark.parametrize("model_name,jit_compile", FIT_CASES)
-def test_fit_trains_only_new_weights(model_name, jit_compile, method_case):
+@pytest.mark.parametrize("model_name,jit_compile,method_name", FIT_CASES)
+def test_fit_trains_only_new_weights(model_name, jit_compile, method_name):
+    method_case = helpers.METHOD_CASES[method_name]
     model_case = helpers.MODEL_CASES[model_name]
     model = _applied(model_case, method_case)
     model.compile(
@@ -128,7 +142,7 @@ def test_save_load_round_trip_and_load_over_an_adapter(
         <= size
         <= 4 * trainable + 400 * len(model.trainable_weights)
     )
-    assert size < total
+    assert size < 4 * total  # smaller than the model's float32 weights
 
     fresh = model_case.build()
     keras_peft.load_adapter(fresh, path)

@@ -11,6 +11,7 @@ import keras_hub
 import numpy as np
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.site_host import SiteHost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +26,8 @@ class Architecture:
         signature_keys: tuple of str. Backbone config keys that determine the
             shapes of adapter weights; stored in adapter files and compared on
             load.
-        attention_layers: callable. `(backbone) -> {kind: [layers]}`: the
-            attention layers of each kind (`"encoder"`, `"decoder"`,
-            `"cross"`) the backbone has, in order.
+        sites: callable. `(backbone) -> tuple of Site`: where methods act in
+            each transformer block, in order.
         prompt_sites: callable. `(backbone) -> PromptSites`: where prompt
             tuning acts.
         text_inputs: callable. `(backbone, token_ids) -> inputs`: backbone
@@ -39,13 +39,85 @@ class Architecture:
     backbone_class: type
     default_targets: types.MappingProxyType
     signature_keys: tuple
-    attention_layers: object
+    sites: object
     prompt_sites: object
     text_inputs: object
 
     def signature(self, backbone):
         config = backbone.get_config()
         return {key: config.get(key) for key in self.signature_keys}
+
+    def attention_layers(self, backbone):
+        """`{kind: [layers]}`: the attention layers of each kind
+        (`"encoder"`, `"decoder"`, `"cross"`) the backbone has, in order."""
+        found = {}
+        for site in self.sites(backbone):
+            if site.kind != FFN:
+                found.setdefault(site.attention_kind, []).append(
+                    site.output_layer
+                )
+        return found
+
+
+SELF_ATTENTION = "self_attention"
+CROSS_ATTENTION = "cross_attention"
+FFN = "ffn"
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """A place in a transformer block where methods act.
+
+    A sub-layer of the block (an attention or the feed-forward network)
+    reads `x`, the input of `input_layer`, and produces `h`, the (first)
+    output of `output_layer`, which the block then adds to its residual
+    stream. A sequential adapter maps `h`; a parallel adapter adds a
+    function of `x` to `h`. For an attention, `input_layer` and
+    `output_layer` are the attention layer itself (its query input).
+
+    Args:
+        name: str. Unique within the backbone, e.g. `"decoder_1/ffn"`.
+        kind: str. `"self_attention"`, `"cross_attention"` or `"ffn"`.
+        stack: str. `"encoder"` or `"decoder"`.
+        index: int. The block's index in its stack.
+        input_layer: the layer whose first input is the site's input.
+        output_layer: the layer whose (first) output is the site's output.
+        layer_norms: tuple of the block's layer norms that belong to the
+            sub-layer (before or after it, by the architecture).
+    """
+
+    name: str
+    kind: str
+    stack: str
+    index: int
+    input_layer: object
+    output_layer: object
+    layer_norms: tuple = ()
+
+    @property
+    def block_path(self):
+        """The path of the transformer block holding the site."""
+        return self.output_layer.path.rpartition("/")[0]
+
+    @property
+    def attention_kind(self):
+        """`"encoder"`, `"decoder"` or `"cross"`, as prefix tuning names
+        attention layers; `None` for the FFN."""
+        if self.kind == FFN:
+            return None
+        return "cross" if self.kind == CROSS_ATTENTION else self.stack
+
+
+def _site(stack, index, kind, norm, input_layer, output_layer=None):
+    return Site(
+        name=f"{stack}_{index}/{kind}",
+        kind=kind,
+        stack=stack,
+        index=index,
+        input_layer=unwrapped(input_layer),
+        output_layer=unwrapped(output_layer or input_layer),
+        layer_norms=(norm,),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,19 +175,39 @@ class PromptSites:
 
 
 def unwrapped(layer):
-    """The layer under any keras-peft wrappers."""
-    while isinstance(layer, AdapterLayer) and layer.wrapped_layer is not None:
+    """The layer under any keras-peft wrappers (and site hosts)."""
+    while (
+        isinstance(layer, (AdapterLayer, SiteHost))
+        and layer.wrapped_layer is not None
+    ):
         layer = layer.wrapped_layer
     return layer
 
 
-def _bert_attention_layers(backbone):
-    return {
-        "encoder": [
-            unwrapped(layer)._self_attention_layer
-            for layer in backbone.transformer_layers
-        ]
-    }
+def _bert_sites(backbone):
+    sites = []
+    for index, block in enumerate(backbone.transformer_layers):
+        block = unwrapped(block)
+        sites.append(
+            _site(
+                "encoder",
+                index,
+                SELF_ATTENTION,
+                block._self_attention_layer_norm,
+                block._self_attention_layer,
+            )
+        )
+        sites.append(
+            _site(
+                "encoder",
+                index,
+                FFN,
+                block._feedforward_layer_norm,
+                block._feedforward_intermediate_dense,
+                block._feedforward_output_dense,
+            )
+        )
+    return tuple(sites)
 
 
 def _bert_prompt_sites(backbone):
@@ -151,14 +243,57 @@ def _bert_text_inputs(backbone, token_ids):
     }
 
 
-def _t5_attention_layers(backbone):
-    encoder = [unwrapped(x) for x in backbone.encoder_transformer_layers]
-    decoder = [unwrapped(x) for x in backbone.decoder_transformer_layers]
-    return {
-        "encoder": [layer.self_attention for layer in encoder],
-        "decoder": [layer.self_attention for layer in decoder],
-        "cross": [layer.cross_attention for layer in decoder],
+def _t5_sites(backbone):
+    sites = []
+    for stack, blocks in (
+        ("encoder", backbone.encoder_transformer_layers),
+        ("decoder", backbone.decoder_transformer_layers),
+    ):
+        for index, block in enumerate(blocks):
+            block = unwrapped(block)
+            sites.append(
+                _site(
+                    stack,
+                    index,
+                    SELF_ATTENTION,
+                    block.self_attention_layer_norm,
+                    block.self_attention,
+                )
+            )
+            if stack == "decoder":
+                sites.append(
+                    _site(
+                        stack,
+                        index,
+                        CROSS_ATTENTION,
+                        block.cross_attention_layer_norm,
+                        block.cross_attention,
+                    )
+                )
+            # A gated FFN's gate projector reads the same input.
+            sites.append(
+                _site(
+                    stack,
+                    index,
+                    FFN,
+                    block.layer_norm,
+                    block.input_projector,
+                    block.output_projector,
+                )
+            )
+    # Kind order, as prefix tuning numbers its layers: every encoder
+    # self-attention, then every decoder self-attention, then every
+    # cross-attention, then the FFNs.
+    order = {
+        ("encoder", SELF_ATTENTION): 0,
+        ("decoder", SELF_ATTENTION): 1,
+        ("decoder", CROSS_ATTENTION): 2,
+        ("encoder", FFN): 3,
+        ("decoder", FFN): 4,
     }
+    return tuple(
+        sorted(sites, key=lambda s: (order[(s.stack, s.kind)], s.index))
+    )
 
 
 def _t5_prompt_sites(backbone):
@@ -205,6 +340,10 @@ ARCHITECTURES = (
                     "self_attention_layer/query",
                     "self_attention_layer/value",
                 ),
+                "lora_ffn": (
+                    "feedforward_intermediate_dense",
+                    "feedforward_output_dense",
+                ),
             }
         ),
         signature_keys=(
@@ -216,7 +355,7 @@ ARCHITECTURES = (
             "max_sequence_length",
             "num_segments",
         ),
-        attention_layers=_bert_attention_layers,
+        sites=_bert_sites,
         prompt_sites=_bert_prompt_sites,
         text_inputs=_bert_text_inputs,
     ),
@@ -228,6 +367,13 @@ ARCHITECTURES = (
                 # Matches the projectors of encoder self-, decoder self- and
                 # decoder cross-attention alike.
                 "lora": ("query_projector", "value_projector"),
+                # The FFN's projectors, not the attention output projector of
+                # the same name: a gated FFN also has a gate projector.
+                "lora_ffn": (
+                    r"(.*/)?transformer_\w+_layer_\d+/input_projector",
+                    r"(.*/)?transformer_\w+_layer_\d+/gate_projector",
+                    r"(.*/)?transformer_\w+_layer_\d+/output_projector",
+                ),
             }
         ),
         signature_keys=(
@@ -240,7 +386,7 @@ ARCHITECTURES = (
             "use_gated_activation",
             "tie_embedding_weights",
         ),
-        attention_layers=_t5_attention_layers,
+        sites=_t5_sites,
         prompt_sites=_t5_prompt_sites,
         text_inputs=_t5_text_inputs,
     ),
@@ -254,6 +400,11 @@ class ModelContext:
     model: object
     backbone: object
     architecture: Architecture
+    # Names of the layers planned so far in one `apply`, so that two
+    # configs adding modules at one site name them apart.
+    planned_names: set = dataclasses.field(
+        default_factory=set, compare=False, repr=False
+    )
 
     @property
     def is_task(self):

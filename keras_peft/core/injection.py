@@ -7,11 +7,8 @@ A failure while planning releases what was built, so a bad input never
 leaves a model half-modified.
 """
 
-import contextlib
-
-import keras
-
 from keras_peft.core import architectures
+from keras_peft.core import composition
 from keras_peft.core import config as config_lib
 from keras_peft.core import freezing
 from keras_peft.core import layer_tree
@@ -32,14 +29,19 @@ class Plan:
             first touched it.
     """
 
-    def __init__(self, context, configs, method_plans, original_trainable):
+    def __init__(
+        self,
+        context,
+        configs,
+        method_plans,
+        original_trainable,
+        replacements=(),
+    ):
         self.context = context
         self.configs = configs
         self.method_plans = method_plans
         self.original_trainable = original_trainable
-        self.replacements = tuple(
-            r for plan in method_plans for r in plan.replacements
-        )
+        self.replacements = tuple(replacements)
 
     @property
     def _replacement_map(self):
@@ -108,8 +110,9 @@ class Plan:
         In reverse order: two planned layers may wrap the same base layer,
         and the first one built saw the base's original state.
         """
-        for replacement in reversed(self.replacements):
-            release = getattr(replacement.new, "release", None)
+        built = [r.new for p in self.method_plans for r in p.replacements]
+        for layer in reversed(built):
+            release = getattr(layer, "release", None)
             if release is not None:
                 release()
 
@@ -143,24 +146,12 @@ def plan(model, configs, initialize=True):
                 method_plans.append(
                     method.plan(context, config, initialize=initialize)
                 )
-        _check_disjoint(method_plans)
+            composition.check_conflicts(configs, method_plans)
+            replacements = composition.compose(context, method_plans)
     except BaseException:
         Plan(context, (), tuple(method_plans), original).abandon()
         raise
-    return Plan(context, configs, tuple(method_plans), original)
-
-
-def _check_disjoint(method_plans):
-    seen = {}
-    for method_plan in method_plans:
-        for replacement in method_plan.replacements:
-            if id(replacement.old) in seen:
-                raise ValueError(
-                    f"Two configs target the same layer "
-                    f"{replacement.old.path!r}; each layer can be adapted "
-                    "by one config only."
-                )
-            seen[id(replacement.old)] = replacement
+    return Plan(context, configs, tuple(method_plans), original, replacements)
 
 
 def apply(model, configs):
@@ -244,29 +235,6 @@ def record_state(backbone, state):
         freezing.trainable_ids(adapters, state.trainable_base_variables),
     )
     state_lib.set_state(backbone, state)
-
-
-@contextlib.contextmanager
-def scope_of(path):
-    """Opens the name scope of the layer at `path`'s parent, so a layer built
-    inside it gets the path (and variable paths) of a sibling there, whatever
-    scope the caller is in."""
-    parent, _, _ = path.rpartition("/")
-    if parent:
-        grandparent, _, last = parent.rpartition("/")
-        with keras.name_scope(last, override_parent=grandparent):
-            yield
-        return
-    # A top-level layer's siblings live at the root: set the caller's scopes
-    # aside (Keras offers no public way to open the root scope).
-    from keras.src.backend.common import global_state
-
-    stack = global_state.get_global_attribute("name_scope_stack")
-    global_state.set_global_attribute("name_scope_stack", [])
-    try:
-        yield
-    finally:
-        global_state.set_global_attribute("name_scope_stack", stack)
 
 
 def applied_configs(model):

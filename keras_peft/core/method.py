@@ -17,17 +17,37 @@ class Replacement:
 
 
 @dataclasses.dataclass(frozen=True)
+class Delta:
+    """Add the built, not yet installed `module` at a site.
+
+    Args:
+        site: the `architectures.Site`.
+        module: a layer. Parallel: `(x, h) -> h'` from the site's input `x`
+            (e.g. `ParallelAdapter`); sequential: `h -> h'` (e.g. `Adapter`).
+        parallel: bool. Which of the two the module is.
+    """
+
+    site: object
+    module: object
+    parallel: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodPlan:
     """What one config asks of a model.
 
     Args:
-        replacements: tuple of `Replacement`. Layers to swap in.
+        replacements: tuple of `Replacement`. Replacing wrappers to swap in
+            (at most one per layer: `LoRADense`, `PrefixAttention`, ...).
         trainable_base_variables: tuple of variables of the base model that
             the config keeps trainable (for example LoRA's `bias="all"`).
+        deltas: tuple of `Delta`. Modules that add to a site's output; any
+            number may act at one site, beside a replacing wrapper.
     """
 
     replacements: tuple = ()
     trainable_base_variables: tuple = ()
+    deltas: tuple = ()
 
 
 class Method:
@@ -41,6 +61,9 @@ class Method:
 
     name = ""
     config_class = None
+    # Whether `trainable_summary` counts the base variables the method keeps
+    # trainable as the method's own (BitFit's biases) or as "base".
+    owns_kept_variables = False
 
     def plan(self, context, config, initialize=True):
         """Returns a `MethodPlan` for `config` on `context` (a ModelContext).

@@ -4,7 +4,9 @@ import dataclasses
 import math
 
 from keras_peft.core import architectures
+from keras_peft.core import config as config_lib
 from keras_peft.core import layer_tree
+from keras_peft.core import state as state_lib
 from keras_peft.layers.adapter_layer import AdapterLayer
 
 
@@ -21,9 +23,10 @@ class TrainableSummary:
         trainable: int. Parameters that train.
         total: int. All parameters (shared weights counted once).
         groups: tuple of `(name, count)`. Trainable parameters by owner: one
-            entry per method (adapter weights), `"head"` (task layers outside
-            the backbone) and `"base"` (backbone weights left trainable, such
-            as LoRA biases).
+            entry per method (adapter weights, and BitFit's biases), `"head"`
+            (task layers outside the backbone) and `"base"` (backbone weights
+            a config keeps trainable, such as LoRA biases or the layer norms
+            of Houlsby adapters).
 
     Example:
     ```python
@@ -78,6 +81,12 @@ def trainable_summary(model):
         backbone = model
     backbone_ids = {id(v) for v in backbone.weights}
     owners = {}
+    state = state_lib.get_state(backbone)
+    if state is not None:
+        for config, kept in zip(state.configs, state.trainable_base_variables):
+            if config_lib.method_of(config).owns_kept_variables:
+                for variable in kept:
+                    owners[id(variable)] = config.method
     for layer, _ in layer_tree.iter_layers(model):
         if isinstance(layer, AdapterLayer):
             for variable in layer.adapter_variables:

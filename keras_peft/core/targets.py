@@ -51,17 +51,20 @@ def pattern_matches(pattern, path):
     return re.fullmatch(pattern, path) is not None
 
 
-def find_targets(root, patterns, layer_types, method_name):
+def find_targets(root, patterns, layer_types, method_name, require_each=True):
     """Returns the layers of the given types whose path matches a pattern.
 
-    Every pattern must match at least one layer; a pattern that matches
-    nothing raises a `ValueError` that lists the candidate paths.
+    Every pattern must match at least one layer (or, with
+    `require_each=False`, the patterns together); one that matches nothing
+    raises a `ValueError` that lists the candidate paths.
 
     Args:
         root: the layer to search, usually a backbone.
         patterns: tuple of str. Target patterns.
         layer_types: tuple of layer classes a target may be.
         method_name: str. For error messages.
+        require_each: bool. Whether each pattern must match. Defaults to
+            `True`.
 
     Returns:
         The matching layers, in tree order, without duplicates.
@@ -79,6 +82,8 @@ def find_targets(root, patterns, layer_types, method_name):
         for hit in hits:
             if not any(hit is m for m in matched):
                 matched.append(hit)
+    if not require_each and matched:
+        unmatched = []
     if unmatched:
         kinds = "/".join(t.__name__ for t in layer_types)
         listing = "\n  ".join(c.path for c in candidates) or "(none)"

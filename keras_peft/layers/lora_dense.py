@@ -278,14 +278,19 @@ class LoRADense(AdapterLayer):
             )
         if self.merged:
             return self.activation(self.base_layer(inputs))
+        if not keras.backend.is_float_dtype(inputs.dtype):
+            # As the base's matmul or einsum promotes integer inputs.
+            inputs = ops.cast(inputs, self.compute_dtype)
         # Scaling the small B, not the activation-sized update, saves a
         # full-size multiply per call.
         lora_a = ops.cast(self.lora_a, inputs.dtype)
         lora_b = ops.cast(ops.multiply(self.lora_b, self.scale), inputs.dtype)
         equations = self._equations(len(inputs.shape))
-        if (self.dropout_layer is not None and training) or not equations[
-            "fusable"
-        ]:
+        if (
+            (self.dropout_layer is not None and training)
+            or not equations["fusable"]
+            or not self._base_call_is_standard
+        ):
             x = inputs
             if self.dropout_layer is not None:
                 x = self.dropout_layer(inputs, training=training)
@@ -303,6 +308,16 @@ class LoRADense(AdapterLayer):
                 bias = ops.cast(self.base_layer.bias, outputs.dtype)
                 outputs = ops.add(outputs, bias)
         return self.activation(outputs)
+
+    @property
+    def _base_call_is_standard(self):
+        """Whether the base computes `activation(x W + b)` as Keras' own
+        `Dense`/`EinsumDense` do: only then can the fused pass stand in for
+        it. A subclass with its own `call` runs itself, the update added."""
+        return type(self.base_layer).call in (
+            keras.layers.Dense.call,
+            keras.layers.EinsumDense.call,
+        )
 
     def _base_product(self, inputs, kernel):
         """`inputs` times `kernel` by the very op the base layer uses.
@@ -405,6 +420,16 @@ class LoRADense(AdapterLayer):
 
     def get_config(self):
         config = super().get_config()
+        base_layer = keras.saving.serialize_keras_object(self.base_layer)
+        activation = self.activation
+        if not _is_linear(self._base_activation):
+            # The activation came from the base: store it there, so that the
+            # restored layer takes it over again and `release()` gives it
+            # back to the base.
+            base_layer["config"]["activation"] = keras.activations.serialize(
+                self._base_activation
+            )
+            activation = keras.activations.linear
         config.update(
             {
                 "rank": self.rank,
@@ -412,13 +437,11 @@ class LoRADense(AdapterLayer):
                 "dropout": self.dropout,
                 "use_rslora": self.use_rslora,
                 "merged": self.merged,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": keras.activations.serialize(activation),
                 "lora_a_initializer": keras.initializers.serialize(
                     self.lora_a_initializer
                 ),
-                "base_layer": keras.saving.serialize_keras_object(
-                    self.base_layer
-                ),
+                "base_layer": base_layer,
             }
         )
         return config

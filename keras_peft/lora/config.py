@@ -8,6 +8,8 @@ from keras_peft.core import targets as targets_lib
 from keras_peft.layers import lora_dense
 
 BIAS_MODES = ("none", "all", "lora_only")
+# Named groups of targets, from the architecture's table.
+TARGET_GROUPS = ("attn", "ffn", "all")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,12 +25,14 @@ class LoRAConfig(config_lib.PeftConfig):
             `16.0`.
         dropout: float. Dropout on the update's input, in `[0, 1)`. Defaults
             to `0.0`.
-        targets: `None` or list of str. Patterns matched against `layer.path`
-            (the path itself, a trailing part such as `"query"`, or a full
-            regular expression). `None` uses the architecture's default: BERT
-            query and value projections; T5 query and value projectors of
-            encoder self-, decoder self- and cross-attention. Defaults to
-            `None`.
+        targets: `None`, a target group, or list of str. Patterns are
+            matched against `layer.path` (the path itself, a trailing part
+            such as `"query"`, or a full regular expression). A group names
+            the architecture's layers: `"attn"` (BERT's query and value
+            projections; T5's query and value projectors of encoder self-,
+            decoder self- and cross-attention), `"ffn"` (every projection
+            of every feed-forward network) or `"all"` (both). `None` means
+            `"attn"`. Defaults to `None`.
         bias: str. Which base biases train: `"none"`, `"all"` (every bias
             and layer-norm offset of the backbone) or `"lora_only"` (biases
             of the targeted layers). Defaults to `"none"`.
@@ -49,7 +53,7 @@ class LoRAConfig(config_lib.PeftConfig):
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: tuple | None = None
+    targets: tuple | str | None = None
     bias: str = "none"
     use_rslora: bool = False
 
@@ -59,11 +63,12 @@ class LoRAConfig(config_lib.PeftConfig):
         )
         object.__setattr__(self, "alpha", float(self.alpha))
         object.__setattr__(self, "dropout", float(self.dropout))
-        object.__setattr__(
-            self,
-            "targets",
-            targets_lib.validate_patterns(self.targets, "LoRAConfig"),
-        )
+        if self.targets not in TARGET_GROUPS:
+            object.__setattr__(
+                self,
+                "targets",
+                targets_lib.validate_patterns(self.targets, "LoRAConfig"),
+            )
         if self.bias not in BIAS_MODES:
             raise ValueError(
                 f"LoRAConfig `bias` must be one of {BIAS_MODES}. "

@@ -4,9 +4,9 @@ import keras
 
 from keras_peft.core import config as config_lib
 from keras_peft.core import freezing
-from keras_peft.core import injection
 from keras_peft.core import layer_tree
 from keras_peft.core import method as method_lib
+from keras_peft.core import scopes
 from keras_peft.core import surgery
 from keras_peft.core import targets as targets_lib
 from keras_peft.layers.adapter_layer import AdapterLayer
@@ -21,12 +21,21 @@ class LoRAMethod(method_lib.Method):
     config_class = LoRAConfig
 
     def plan(self, context, config, initialize=True):
-        patterns = (
-            config.targets or context.architecture.default_targets[self.name]
-        )
-        found = targets_lib.find_targets(
-            context.backbone, patterns, TARGET_TYPES, "LoRA"
-        )
+        targets = config.targets or "attn"
+        if isinstance(targets, str):
+            # A group: its patterns may name layers that only some configs of
+            # the architecture have (T5's gate projector).
+            found = targets_lib.find_targets(
+                context.backbone,
+                _group_patterns(context.architecture, targets),
+                TARGET_TYPES,
+                f"LoRA targets={targets!r}",
+                require_each=False,
+            )
+        else:
+            found = targets_lib.find_targets(
+                context.backbone, targets, TARGET_TYPES, "LoRA"
+            )
         parents = layer_tree.parent_map(context.model)
         for layer in found:
             parent = parents[id(layer)]
@@ -43,7 +52,7 @@ class LoRAMethod(method_lib.Method):
             for layer in found:
                 # Built inside the target's scope, the wrapper takes the
                 # target's path: ".../query/lora_a" beside ".../query/kernel".
-                with injection.scope_of(layer.path):
+                with scopes.scope_of(layer.path):
                     wrapper = LoRADense(
                         base_layer=layer,
                         rank=config.rank,
@@ -63,7 +72,24 @@ class LoRAMethod(method_lib.Method):
             kept = freezing.bias_variables(found)
         else:
             kept = []
+        if config.bias != "none" and not kept:
+            for replacement in reversed(replacements):
+                replacement.new.release()
+            raise ValueError(
+                f"LoRAConfig bias={config.bias!r} found no bias terms to "
+                f"train in {type(context.backbone).__name__} (T5 has none); "
+                "use bias='none'."
+            )
         return method_lib.MethodPlan(tuple(replacements), tuple(kept))
+
+
+def _group_patterns(architecture, group):
+    if group == "all":
+        return _group_patterns(architecture, "attn") + _group_patterns(
+            architecture, "ffn"
+        )
+    key = "lora" if group == "attn" else "lora_ffn"
+    return architecture.default_targets[key]
 
 
 METHOD = config_lib.register_method(LoRAMethod())

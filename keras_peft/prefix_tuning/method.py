@@ -3,9 +3,9 @@
 import numpy as np
 
 from keras_peft.core import config as config_lib
-from keras_peft.core import injection
 from keras_peft.core import layer_tree
 from keras_peft.core import method as method_lib
+from keras_peft.core import scopes
 from keras_peft.core import surgery
 from keras_peft.core import tokens
 from keras_peft.layers.adapter_layer import AdapterLayer
@@ -49,9 +49,7 @@ class PrefixTuningMethod(method_lib.Method):
         source = None
         if config.reparam:
             backbone = context.backbone
-            with injection.scope_of(
-                f"{backbone.path}/prefix_reparametrization"
-            ):
+            with scopes.scope_of(f"{backbone.path}/prefix_reparametrization"):
                 source = PrefixReparametrization(
                     config.length,
                     num_layers=len(layers),
@@ -67,7 +65,7 @@ class PrefixTuningMethod(method_lib.Method):
         replacements = []
         try:
             for index, layer in enumerate(layers):
-                with injection.scope_of(layer.path):
+                with scopes.scope_of(layer.path):
                     wrapper = PrefixAttention(
                         layer,
                         config.length,

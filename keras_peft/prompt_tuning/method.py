@@ -1,9 +1,9 @@
 """How prompt tuning plans itself on a model."""
 
 from keras_peft.core import config as config_lib
-from keras_peft.core import injection
 from keras_peft.core import layer_tree
 from keras_peft.core import method as method_lib
+from keras_peft.core import scopes
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core import tokens
@@ -50,7 +50,7 @@ class PromptTuningMethod(method_lib.Method):
             )
 
         insert = sites.insert_layer
-        with injection.scope_of(f"{insert.path}/prompt_embedding"):
+        with scopes.scope_of(f"{insert.path}/prompt_embedding"):
             prompt = PromptEmbedding(
                 config.length,
                 insert_at=sites.insert_at,
@@ -60,7 +60,7 @@ class PromptTuningMethod(method_lib.Method):
             prompt.build((None, None, sites.embeddings.shape[-1]))
         if values is not None:
             prompt.prompt.assign(values[None].astype("float32"))
-        with injection.scope_of(insert.path):
+        with scopes.scope_of(insert.path):
             inserted = PromptInsertion(
                 insert,
                 prompt,
@@ -71,7 +71,7 @@ class PromptTuningMethod(method_lib.Method):
         replacements = [method_lib.Replacement(insert, inserted, graph_of)]
         for alignment in sites.aligned:
             layer = alignment.layer
-            with injection.scope_of(layer.path):
+            with scopes.scope_of(layer.path):
                 wrapper = PromptAlignment(
                     layer,
                     config.length,

@@ -119,6 +119,7 @@ def _assert_rejected_unchanged(model, configs, error, message):
     before = helpers.snapshot(model)
     with pytest.raises(error, match=message):
         keras_peft.apply(model, configs)
+    # Exact: the rejected call left the model as it was.
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
 
 
@@ -226,4 +227,5 @@ def test_apply_after_compile_trains_the_new_weights():
     frozen = model.backbone.transformer_layers[0]._feedforward_output_dense
     kernel = frozen.kernel.numpy().copy()
     model.fit(CLASSIFIER.inputs(), CLASSIFIER.labels(), epochs=2, verbose=0)
+    # Exact: a frozen weight is never written.
     np.testing.assert_array_equal(frozen.kernel.numpy(), kernel)

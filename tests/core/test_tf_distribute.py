@@ -38,6 +38,7 @@ def test_fit_under_mirrored_strategy(apply_inside_scope):
     before = np.array(frozen.numpy())
     b_before = np.array(lora._query_dense.lora_b.numpy())
     model.fit(CASE.inputs(), CASE.labels(), epochs=2, verbose=0)
+    # Exact: a frozen weight is never written.
     np.testing.assert_array_equal(frozen.numpy(), before)
     assert not np.array_equal(lora._query_dense.lora_b.numpy(), b_before)
 
@@ -48,4 +49,5 @@ def test_apply_inside_another_strategy_is_an_error():
     with _strategy().scope():
         with pytest.raises(ValueError, match="scope the model was built in"):
             keras_peft.apply(model, keras_peft.LoRAConfig(rank=2))
+    # Exact: the rejected call left the model as it was.
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))

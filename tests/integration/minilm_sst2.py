@@ -65,6 +65,7 @@ def frozen_values(model):
 
 
 def assert_unchanged(frozen):
+    # Exact: a frozen weight is never written.
     for variable, value in frozen:
         np.testing.assert_array_equal(variable.numpy(), value, variable.path)
 

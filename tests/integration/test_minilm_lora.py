@@ -45,10 +45,12 @@ def test_lora_learns_sst2_and_round_trips(minilm, tmp_path):
     expected = model.predict(x_val[:32], verbose=0)
     fresh = data.classifier(minilm)
     keras_peft.load_adapter(fresh, path)
-    np.testing.assert_allclose(
-        fresh.predict(x_val[:32], verbose=0), expected, atol=1e-5
+    # Exact: a save/load round trip runs the same ops on the same values.
+    np.testing.assert_array_equal(
+        fresh.predict(x_val[:32], verbose=0), expected
     )
     keras_peft.merge_lora(fresh)
+    # Close: merged kernels, against the unmerged pass that made expected.
     np.testing.assert_allclose(
         fresh.predict(x_val[:32], verbose=0), expected, atol=1e-4
     )

@@ -91,6 +91,34 @@ WRAPPABLE_LAYERS = {
 }
 
 
+class _DoublingDense(keras.layers.Dense):
+    """A `Dense` subclass with a `call` of its own."""
+
+    def call(self, inputs, training=None):
+        return 2.0 * super().call(inputs)
+
+
+WRAPPABLE_LAYERS.update(
+    {
+        # Sums an input axis away: LoRA takes its plain (unfused) path.
+        "einsum_summing_an_axis": lambda d: (
+            keras.layers.EinsumDense("abc,cd->ad", output_shape=(d,)),
+            (4, 7, d),
+        ),
+        "dense_subclass": lambda d: (
+            _DoublingDense(d, activation="relu"),
+            (4, 7, d),
+        ),
+    }
+)
+
+
+def _graph_outputs(layer, x):
+    """`layer(x)` inside a traced `predict` function."""
+    inputs = keras.Input(x.shape[1:])
+    return keras.Model(inputs, layer(inputs)).predict(x, verbose=0)
+
+
 @pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("width", [16, 384])
 @pytest.mark.parametrize("kind", sorted(WRAPPABLE_LAYERS))
@@ -98,22 +126,54 @@ def test_untrained_update_returns_base_output_bit_for_bit(kind, width, policy):
     """Exact by construction: the fused pass runs the base layer's own op on
     a kernel that `+ 0` leaves bit-identical, then its bias and activation,
     so no CPU's rounding can tell the two apart (einsum and matmul kernels
-    do round differently: widths of the test models and of MiniLM)."""
+    do round differently: widths of the test models and of MiniLM). The
+    other paths (dropout in training, an unfusable equation, a subclass,
+    merged) add an update of exactly 0 to the base's own output."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
         base, shape = WRAPPABLE_LAYERS[kind](width)
         base.build(shape)
+        twin, _ = WRAPPABLE_LAYERS[kind](width)  # the same layer, unwrapped
+        twin.build(shape)
+        twin.set_weights(base.get_weights())
         rng = np.random.default_rng(3)
         x = rng.normal(size=shape).astype("float32")
-        expected = keras.ops.convert_to_numpy(base(x))
+        expected = keras.ops.convert_to_numpy(twin(x))
         layer = LoRADense(base_layer=base, rank=4, alpha=8)
-        for training in (False, True):
-            outputs = keras.ops.convert_to_numpy(layer(x, training=training))
-            assert outputs.dtype == expected.dtype
-            assert np.array_equal(outputs, expected), (kind, training)
+        dropped = LoRADense(base_layer=twin, rank=4, alpha=8, dropout=0.5)
+        outputs = {
+            "inference": layer(x, training=False),
+            "training": layer(x, training=True),
+            "dropout in training": dropped(x, training=True),
+        }
+        graph_expected = _graph_outputs(dropped.release(), x)
+        graph = _graph_outputs(layer, x)
+        layer.merge()
+        outputs["merged"] = layer(x)
+        for path, value in outputs.items():
+            value = keras.ops.convert_to_numpy(value)
+            assert value.dtype == expected.dtype
+            assert np.array_equal(value, expected), (kind, path)
+        assert np.array_equal(graph, graph_expected), (kind, "graph")
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def test_integer_inputs_are_promoted_as_the_base_does():
+    base = _dense(units=6, in_dim=5)
+    x = np.arange(15, dtype="int32").reshape(3, 5)
+    expected = keras.ops.convert_to_numpy(base(x))
+    layer = LoRADense(base_layer=base, rank=2)
+    outputs = keras.ops.convert_to_numpy(layer(x))
+    assert outputs.dtype == expected.dtype == "float32"
+    # Exact: an update of 0 through the base's own op on the same floats.
+    np.testing.assert_array_equal(outputs, expected)
+    _randomize(layer)
+    a, b = layer.lora_a.numpy(), layer.lora_b.numpy()
+    np.testing.assert_allclose(  # Close: NumPy sums in another order.
+        layer(x), expected + layer.scale * (x @ a @ b), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_update_is_scaled_low_rank_product_inside_activation():
@@ -207,6 +267,29 @@ def test_release_restores_base_layer():
     assert base.kernel.trainable and base.bias.trainable
 
 
+def test_restored_wrapper_gives_the_base_its_activation_back():
+    layer = LoRADense(base_layer=_dense(activation="gelu"), rank=2)
+    clone = LoRADense.from_config(layer.get_config())
+    assert clone.activation is keras.activations.gelu
+    assert clone.base_layer.activation is keras.activations.linear
+    assert clone.get_config() == layer.get_config()
+    assert clone.release().activation is keras.activations.gelu
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_standalone_layer_round_trips_through_get_config(built):
+    layer = LoRADense(4, rank=2, activation="relu", use_bias=False)
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype("float32")
+    if built:
+        layer(x)
+    clone = LoRADense.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert clone.activation is keras.activations.relu
+    clone(x)
+    assert clone.base_layer.bias is None
+    assert clone.base_layer.units == 4
+
+
 def test_config_round_trip_and_keras_file(tmp_path):
     inputs = keras.Input((5,))
     outputs = LoRADense(6, rank=2, alpha=4, dropout=0.1, activation="relu")(
@@ -225,7 +308,8 @@ def test_config_round_trip_and_keras_file(tmp_path):
     model.save(path)
     restored = keras.models.load_model(path)
     assert isinstance(restored.layers[-1], LoRADense)
-    np.testing.assert_allclose(restored.predict(x, verbose=0), expected)
+    # Exact: a save/load round trip runs the same ops on the same values.
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), expected)
     assert [v.name for v in restored.trainable_weights] == ["lora_a", "lora_b"]
 
 
@@ -361,9 +445,8 @@ def test_fused_gradients_equal_autodiff_of_low_rank_form(equation, out, inp):
         equations = layer._equations(len(inp))
         down = tf.einsum(equations["down"], x, layer.lora_a.value)
         update = tf.einsum(equations["up"], down, layer.lora_b.value)
-        pre = layer._base_product(x, base.kernel.value)
-        if base.bias is not None:
-            pre = pre + base.bias.value
+        # The wrapped base computes x W + b (its activation moved to LoRA).
+        pre = base(x)
         reference = tf.reduce_sum(
             layer.activation(pre + layer.scale * update) * weights
         )

@@ -62,6 +62,7 @@ def test_mha_output_equals_unified_view_formula():
     lam = np.transpose(lam, (0, 2, 1, 3))
     mixed = (1 - lam) * attn_real + lam * attn_prefix
     expected = _project(mha._output_dense, mixed.astype("float32"))
+    # Close: a NumPy reference of the unified view, against the layer.
     np.testing.assert_allclose(output, expected, atol=1e-5)
 
 
@@ -73,11 +74,13 @@ def test_mha_without_mask_and_with_causal_mask():
     _randomize_prefix(layer)
     no_mask = np.asarray(layer(x, x))
     all_ones = np.asarray(layer(x, x, attention_mask=np.ones((B, T, T), bool)))
+    # Close: with a mask, a backend may attend through another kernel.
     np.testing.assert_allclose(no_mask, all_ones, atol=1e-6)
     causal = np.asarray(layer(x, x, use_causal_mask=True))
     explicit = np.asarray(
         layer(x, x, attention_mask=np.tril(np.ones((B, T, T), bool)))
     )
+    # Close: the masks differ in shape, so a backend may pick other kernels.
     np.testing.assert_allclose(causal, explicit, atol=1e-6)
     # The first query sees only itself and the prefix: it changes with it.
     layer.prefix_value.assign(layer.prefix_value.numpy() + 1.0)
@@ -160,13 +163,16 @@ def test_t5_self_attention_matches_reference(relative):
     assert cache is None
     # The bias handed to the next layer is the plain layer's, prefix-free.
     _, plain_bias, _ = base(x, mask=mask)
+    # Exact: both build the bias by the same ops from the same values.
     np.testing.assert_array_equal(bias, plain_bias)
+    # Close: a NumPy reference of T5 attention, against the layer.
     np.testing.assert_allclose(
         output, _t5_reference(base, layer, x, x, mask), atol=1e-5
     )
     # A later layer of the stack reuses the extended bias as it is.
     again, _, _ = layer(x, position_bias=bias)
-    np.testing.assert_allclose(again, output, atol=1e-6)
+    # Exact: the same ops run on the same values.
+    np.testing.assert_array_equal(again, output)
 
 
 def _cross_attention_case(seed):
@@ -188,6 +194,7 @@ def test_t5_cross_attention_matches_reference():
     expected = _t5_reference(
         base, layer, x, encoder, np.broadcast_to(mask, (B, T, S))
     )
+    # Close: a NumPy reference of T5 cross-attention, against the layer.
     np.testing.assert_allclose(output, expected, atol=1e-5)
 
 
@@ -210,6 +217,7 @@ def test_t5_cached_decoding_equals_full_pass():
             cache_update_index=step,
         )
         assert cache.shape == (B, 2, T, HEADS, HEAD_DIM)
+        # Close: each cached step attends one query, through other kernels.
         np.testing.assert_allclose(out[:, 0], full[:, step], atol=1e-5)
 
 
@@ -227,9 +235,11 @@ def test_t5_cross_attention_cache_keeps_the_prefix_once_filled():
         cache=empty,
         cache_update_index=0,
     )
+    # Close: one query attends through other kernels than the full pass.
     np.testing.assert_allclose(seeded[:, 0], full[:, 0], atol=1e-5)
     assert filled.shape == (B, 2, L + S, HEADS, HEAD_DIM)
     filled = np.asarray(filled)
+    # Exact: the prefix is copied into the cache.
     for row, prefix in enumerate((layer.prefix_key, layer.prefix_value)):
         np.testing.assert_array_equal(
             filled[:, row, :L], np.broadcast_to(prefix, (B, L, HEADS, HEAD_DIM))
@@ -241,6 +251,7 @@ def test_t5_cross_attention_cache_keeps_the_prefix_once_filled():
         ],
         axis=1,
     )
+    # Close, though exact would hold: the same projectors on the same states.
     np.testing.assert_allclose(filled[:, :, L:], plain, atol=1e-6)
     for cache in (filled, plain):
         for step in range(1, T):
@@ -250,7 +261,9 @@ def test_t5_cross_attention_cache_keeps_the_prefix_once_filled():
                 key_value_states=encoder,
                 cache=cache,
             )
+            # Exact: the cache is only read, and comes back as passed.
             np.testing.assert_array_equal(returned, cache)
+            # Close: each cached step attends one query, through other kernels.
             np.testing.assert_allclose(out[:, 0], full[:, step], atol=1e-5)
 
 
@@ -264,9 +277,8 @@ def test_serialization_round_trip(tmp_path):
     path = os.path.join(tmp_path, "prefix.keras")
     model.save(path)
     restored = keras.models.load_model(path)
-    np.testing.assert_allclose(
-        restored.predict(x, verbose=0), expected, atol=1e-6
-    )
+    # Exact: a save/load round trip runs the same ops on the same values.
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), expected)
 
 
 def test_bad_arguments():
@@ -294,9 +306,11 @@ def test_t5_wrapped_and_plain_layers_can_follow_one_another():
         one = PrefixAttention(first, length=2) if wrap_first else first
         two = PrefixAttention(second, length=3) if wrap_second else second
         out, bias, _ = one(x, mask=mask)
+        # Close, though exact would hold: the same ops (asserted exactly above).
         np.testing.assert_allclose(bias, plain_bias, atol=1e-6)
         out2, _, _ = two(out, position_bias=bias)
         if wrap_second:
+            # Close: a NumPy reference of T5 attention, against the layer.
             np.testing.assert_allclose(
                 out2,
                 _t5_reference(

@@ -33,6 +33,7 @@ def test_layer_prefix_is_a_two_layer_tanh_mlp_of_the_table():
     hidden = np.tanh(table @ source.hidden_kernel.numpy() + source.hidden_bias)
     full = hidden @ source.output_kernel.numpy() + source.output_bias.numpy()
     full = full.reshape(L, LAYERS, 2, HEADS, HEAD_DIM)
+    # Close: a NumPy reference of the MLP, against the layer's kernels.
     for index in range(LAYERS):
         keys, values = source.layer_prefix(index)
         np.testing.assert_allclose(keys, full[:, index, 0], rtol=1e-5)
@@ -61,6 +62,7 @@ def test_attention_reads_its_slice_and_eject_keeps_outputs():
     for layer, expected in zip(layers, before):
         layer.eject()
         assert layer.prefix_source is None
+        # Close, though exact would hold: eject() copies the MLP's prefix.
         np.testing.assert_allclose(layer(x, x), expected, atol=1e-5)
         assert [v.name for v in layer.adapter_variables] == [
             "prefix_key",

@@ -29,11 +29,13 @@ def test_inserts_prompt_and_grows_mask(insert_at):
         ],
         axis=1,
     )
+    # Exact: the prompt and embeddings are only copied and concatenated.
     np.testing.assert_array_equal(outputs, expected)
     expected_mask = np.concatenate(
         [mask[:, :insert_at], np.ones((2, 2), "int32"), mask[:, insert_at:]],
         axis=1,
     )
+    # Exact: masks and embeddings are only copied, concatenated and sliced.
     np.testing.assert_array_equal(new_mask, expected_mask)
     np.testing.assert_array_equal(layer.remove_prompt(outputs), embeddings)
     assert layer.compute_output_shape((2, 4, 3)) == ((2, 6, 3), (2, 6))
@@ -56,6 +58,7 @@ def test_bank_of_prompts_selected_per_example():
         embeddings, mask[[0, 1, 0]], task_ids=np.array([2, 0, 1])
     )
     bank = layer.prompt.numpy()
+    # Exact: each row's prompt is gathered from the bank.
     for row, task in enumerate([2, 0, 1]):
         np.testing.assert_array_equal(outputs[row, :2], bank[task])
     with pytest.raises(ValueError, match="task_ids"):

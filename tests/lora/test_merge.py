@@ -33,13 +33,15 @@ def test_merge_and_unmerge_keep_outputs(case):
 
     keras_peft.merge_lora(model)
     keras_peft.merge_lora(model)
-    # Close, not equal: x (W + AB) and x W + (x A) B round differently.
+    # Close: unmerged runs x (W + A (sB)), that kernel built per call in the
+    # compute dtype; merge() stores W + cast((AB) s). They round apart.
     helpers.assert_outputs_close(case.outputs(model), expected)
     assert not np.allclose(layer.numpy(), kernel)
 
     keras_peft.unmerge_lora(model)
     keras_peft.unmerge_lora(model)
-    helpers.assert_outputs_close(case.outputs(model), expected)
+    # Exact: the same pass on the kernel restored bit for bit.
+    helpers.assert_outputs_equal(case.outputs(model), expected)
     # Exact, not merely close: unmerge restores the kernel bit for bit.
     np.testing.assert_array_equal(layer.numpy(), kernel)
 
@@ -50,9 +52,11 @@ def test_merge_drops_stale_traced_functions(case):
     x = case.inputs()
     expected = model.predict(x, verbose=0)
     keras_peft.merge_lora(model)
+    # Close: merged kernels, against the unmerged pass (see above).
     helpers.assert_outputs_close(model.predict(x, verbose=0), expected)
     keras_peft.unmerge_lora(model)
-    helpers.assert_outputs_close(model.predict(x, verbose=0), expected)
+    # Exact: the same pass on the kernel restored bit for bit.
+    helpers.assert_outputs_equal(model.predict(x, verbose=0), expected)
 
 
 def test_unloaded_model_saves_as_plain_base_model(case, tmp_path):
@@ -62,17 +66,20 @@ def test_unloaded_model_saves_as_plain_base_model(case, tmp_path):
     assert not any(isinstance(v, LoRADense) for v in model._flatten_layers())
     assert keras_peft.applied_configs(model) == ()
     assert all(v.trainable for v in model.weights)
+    # Close: the unloaded layers run merged kernels; expected ran unmerged.
     helpers.assert_outputs_close(case.outputs(model), expected)
 
     path = os.path.join(tmp_path, "merged.weights.h5")
     model.save_weights(path)
     plain = case.make()  # never adapted
     plain.load_weights(path)
+    # Close: the plain model runs merged kernels; expected ran unmerged.
     helpers.assert_outputs_close(case.outputs(plain), expected)
 
     keras_path = os.path.join(tmp_path, "merged.keras")
     model.save(keras_path)
     restored = keras.models.load_model(keras_path)
+    # Close: the restored model runs merged kernels; expected ran unmerged.
     helpers.assert_outputs_close(case.outputs(restored), expected)
 
 
@@ -104,10 +111,12 @@ def test_loading_into_a_merged_model_swaps_the_update(case, tmp_path):
         variable.assign(np.zeros(variable.shape, "float32") + 0.02)
     keras_peft.merge_lora(model)
     keras_peft.load_adapter(model, os.path.join(tmp_path, "a"))
+    # Close: merged kernels hold the loaded update; expected ran unmerged.
     helpers.assert_outputs_close(case.outputs(model), expected)
     keras_peft.unmerge_lora(model)
     frozen = [np.array(v.numpy()) for v in model.weights if not v.trainable]
     # Exact: unmerge restores the kept kernels, not kernel + d - d.
     for before, after in zip(base_kernels, frozen):
         np.testing.assert_array_equal(before, after)
-    helpers.assert_outputs_close(case.outputs(model), expected)
+    # Exact: the same pass on the same values.
+    helpers.assert_outputs_equal(case.outputs(model), expected)

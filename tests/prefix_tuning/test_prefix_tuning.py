@@ -111,6 +111,7 @@ def test_kinds_bert_lacks_raise_and_leave_the_model_unchanged(attention):
         keras_peft.apply(
             model, keras_peft.PrefixTuningConfig(attention=attention)
         )
+    # Exact: the rejected call left the model as it was.
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
 
 
@@ -130,6 +131,7 @@ def test_eject_keeps_outputs_and_counts_only_the_prefix(case_name, tmp_path):
     expected = case.outputs(model)
 
     keras_peft.eject_prefix(model)
+    # Close, though exact would hold: eject() copies the MLP's prefix.
     helpers.assert_outputs_close(case.outputs(model), expected, atol=1e-5)
     assert not any(
         isinstance(layer, PrefixReparametrization)
@@ -164,6 +166,7 @@ def test_eject_keeps_outputs_and_counts_only_the_prefix(case_name, tmp_path):
     )
     fresh = case.build()
     keras_peft.load_adapter(fresh, path)
+    # Close, though exact would hold: the MLP's prefix, copied, saved, loaded.
     helpers.assert_outputs_close(case.outputs(fresh), expected, atol=1e-5)
 
 
@@ -224,6 +227,7 @@ def test_text_init_uses_the_frozen_models_activations():
     )
     keys, values = _bert_layer0_keys_values(case.build(), ids)
     layer0 = _prefix_layers(direct)[0]
+    # Close: the model's own pass, against layer 0's input rebuilt here.
     np.testing.assert_allclose(
         layer0.prefix_key.numpy(), keys[[0, 1, 0, 1, 0]], atol=1e-5
     )
@@ -246,6 +250,7 @@ def test_text_init_uses_the_frozen_models_activations():
             tokenizer=tokenizer,
         ),
     )
+    # Close: a least-squares fit of the MLP only approximates the prefix.
     for mlp_layer, direct_layer in zip(
         _prefix_layers(reparam), _prefix_layers(direct)
     ):
@@ -266,6 +271,7 @@ def test_text_init_without_tokenizer_raises_and_leaves_model_unchanged():
             model,
             keras_peft.PrefixTuningConfig(init="text", init_text="summarize"),
         )
+    # Exact: the rejected call left the model as it was.
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
 
 
@@ -275,6 +281,7 @@ def test_second_prefix_raises_and_leaves_the_model_unchanged():
     before = helpers.snapshot(model)
     with pytest.raises(ValueError, match="already wrapped"):
         keras_peft.apply(model, keras_peft.PrefixTuningConfig(length=2))
+    # Exact: the rejected call left the model as it was.
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
 
 

@@ -88,6 +88,7 @@ def test_bert_prompt_acts_as_tokens_inserted_after_cls():
     )
     ids = _ids(tokenizer, text)
     prompt_ids = np.resize(ids, LENGTH)  # text repeated to the length
+    # Exact: text init copies the text's token embeddings.
     np.testing.assert_array_equal(
         _prompt_values(model), _embeddings(model)[prompt_ids]
     )
@@ -119,6 +120,7 @@ def test_bert_prompt_acts_as_tokens_inserted_after_cls():
     assert outputs["sequence_output"].shape == inputs["token_ids"].shape + (
         helpers.BERT["hidden_dim"],
     )
+    # Close: two models, wired differently: a prompt vs its tokens embedded.
     np.testing.assert_allclose(outputs["sequence_output"], sequence, atol=1e-5)
     np.testing.assert_allclose(
         outputs["pooled_output"], expected["pooled_output"], atol=1e-5
@@ -149,6 +151,7 @@ def test_t5_prompt_acts_as_tokens_prepended_to_the_encoder_input():
     prepended["encoder_padding_mask"] = np.concatenate(
         [np.ones((batch, LENGTH), "int32"), inputs["encoder_padding_mask"]], 1
     )
+    # Close: two models, wired differently: a prompt vs its tokens embedded.
     np.testing.assert_allclose(
         model(inputs), plain(prepended), atol=1e-5, rtol=1e-5
     )
@@ -162,6 +165,7 @@ def test_t5_prompt_acts_as_tokens_prepended_to_the_encoder_input():
             inputs["encoder_token_ids"], inputs["encoder_padding_mask"]
         )
     )
+    # Close: two encoders, wired differently: a prompt vs its tokens.
     np.testing.assert_allclose(encoder, encoder_plain, atol=1e-5)
 
 
@@ -199,6 +203,7 @@ def test_vocab_init_samples_common_vocabulary(with_tokenizer):
     # Each prompt vector is one vocabulary entry's embedding.
     distances = np.abs(values[:, None] - embeddings[None]).max(-1)
     ids = distances.argmin(-1)
+    # Exact: vocab init copies embedding rows, at distance 0.
     np.testing.assert_array_equal(distances[np.arange(12), ids], 0)
     if with_tokenizer:
         # Special and reserved entries ([CLS], [unused0], ...) are skipped.
@@ -222,12 +227,15 @@ def test_labels_init_averages_label_tokens_then_samples_vocabulary():
     embeddings = _embeddings(model)
     values = _prompt_values(model)
     bad, movie = _ids(tokenizer, "bad movie")
+    # Close: np.mean's reduction, against (a + b) / 2 written out.
     np.testing.assert_allclose(
         values[0], (embeddings[bad] + embeddings[movie]) / 2, atol=1e-7
     )
+    # Exact: a one-token label's mean is that token's embedding.
     np.testing.assert_array_equal(
         values[1], embeddings[_ids(tokenizer, "good")[0]]
     )
+    # Exact: the other rows are copied vocabulary embeddings.
     for row in values[2:]:
         assert np.abs(embeddings - row).max(-1).min() == 0
 
@@ -275,6 +283,7 @@ def test_labels_init_takes_the_preprocessor_tokenizer_and_fits_text():
     )
     embeddings = _embeddings(model)
     tokenizer = model.preprocessor.tokenizer
+    # Exact: a one-token label's mean is that token's embedding.
     np.testing.assert_array_equal(
         _prompt_values(model)[1], embeddings[_ids(tokenizer, "good")[0]]
     )
@@ -288,6 +297,7 @@ def test_labels_init_takes_the_preprocessor_tokenizer_and_fits_text():
     frozen = [v.numpy() for v in model.backbone.weights if not v.trainable]
     model.fit(sentences, labels, batch_size=4, epochs=2, verbose=0)
     assert not np.array_equal(_prompt_values(model), start)
+    # Exact: a frozen weight is never written.
     for value, variable in zip(
         frozen, [v for v in model.backbone.weights if not v.trainable]
     ):
@@ -330,6 +340,7 @@ def test_bad_input_raises_and_leaves_the_model_unchanged(make, config, message):
     before = helpers.snapshot(model)
     with pytest.raises(ValueError, match=message):
         keras_peft.apply(model, config)
+    # Exact: the rejected call left the model as it was.
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
 
 
@@ -343,6 +354,7 @@ def test_second_prompt_raises_and_leaves_the_model_unchanged():
         keras_peft.apply(
             model, keras_peft.PromptTuningConfig(length=2, init="random")
         )
+    # Exact: the rejected call left the model as it was.
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
 
 

@@ -1,0 +1,154 @@
+"""The adapters' bottleneck: `s * f(z W_down + b_down) W_up + b_up`."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.validation import check_int
+
+LEARNED = "learned"
+
+
+def check_scale(scale, owner="Adapter "):
+    """Raises a `ValueError` unless `scale` is a number > 0 or `"learned"`."""
+    if scale == LEARNED and isinstance(scale, str):
+        return
+    if (
+        not isinstance(scale, (int, float))
+        or isinstance(scale, bool)
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
+        raise ValueError(
+            f"{owner}`scale` must be a number > 0 or {LEARNED!r}. "
+            f"Got {scale!r}."
+        )
+
+
+def get_activation(activation, owner="Adapter "):
+    """`keras.activations.get`, with an error that names the bad value."""
+    try:
+        return keras.activations.get(activation)
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{owner}`activation` {activation!r} is not a Keras activation; "
+            "use a name such as 'relu', 'gelu' or 'tanh', or a callable."
+        ) from None
+
+
+class Bottleneck(AdapterLayer):
+    """Base of the adapter layers: a down-projection to `bottleneck` units,
+    an activation and an up-projection that starts at zero, times a scale.
+
+    Subclasses choose what the bottleneck reads and what it is added to
+    (`keras_peft.layers.Adapter`, `keras_peft.layers.ParallelAdapter`). The
+    projections are float32 whatever the dtype policy, like LoRA's.
+
+    Args:
+        bottleneck: int. Width `r` of the bottleneck.
+        activation: activation `f` between the projections. Defaults to
+            `"relu"`.
+        scale: float > 0, or `"learned"` for a trainable scalar that starts
+            at 1.0. Defaults to `1.0`.
+        down_initializer: initializer of `W_down`. Defaults to
+            `"he_uniform"`.
+        **kwargs: base layer arguments such as `name` and `dtype`.
+    """
+
+    method = "adapter"
+
+    def __init__(
+        self,
+        bottleneck,
+        activation="relu",
+        scale=1.0,
+        down_initializer="he_uniform",
+        **kwargs,
+    ):
+        owner = f"{type(self).__name__} "
+        check_int("bottleneck", bottleneck, owner=owner)
+        check_scale(scale, owner=owner)
+        self.activation = get_activation(activation, owner=owner)
+        super().__init__(**kwargs)
+        self.bottleneck = bottleneck
+        self.scale = scale if scale == LEARNED else float(scale)
+        self.down_initializer = keras.initializers.get(down_initializer)
+
+    def build_bottleneck(self, input_dim, output_dim):
+        """Creates `W_down`, `b_down`, `W_up`, `b_up` (and the scale)."""
+        # Float32 to avoid underflow of small updates under mixed precision.
+        self.down_kernel = self.add_weight(
+            name="down_kernel",
+            shape=(input_dim, self.bottleneck),
+            initializer=self.down_initializer,
+            dtype="float32",
+        )
+        self.down_bias = self.add_weight(
+            name="down_bias",
+            shape=(self.bottleneck,),
+            initializer="zeros",
+            dtype="float32",
+        )
+        # Zero, so the layer adds exactly nothing until it trains.
+        self.up_kernel = self.add_weight(
+            name="up_kernel",
+            shape=(self.bottleneck, output_dim),
+            initializer="zeros",
+            dtype="float32",
+        )
+        self.up_bias = self.add_weight(
+            name="up_bias",
+            shape=(output_dim,),
+            initializer="zeros",
+            dtype="float32",
+        )
+        self.learned_scale = None
+        if self.scale == LEARNED:
+            self.learned_scale = self.add_weight(
+                name="scale", shape=(), initializer="ones", dtype="float32"
+            )
+
+    def delta(self, inputs):
+        """`s * (f(inputs W_down + b_down) W_up + b_up)` in the input dtype.
+
+        Computed in float32 under float16 policies: an overflow to `inf`
+        times the zero up-projection would be `nan`, not an update of 0.
+        """
+        width = inputs.shape[-1]
+        if width is not None and width != self.down_kernel.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} reads inputs of width "
+                f"{self.down_kernel.shape[0]}; got shape {inputs.shape}."
+            )
+        output_dtype = inputs.dtype
+        if keras.backend.standardize_dtype(output_dtype) == "float16":
+            inputs = ops.cast(inputs, "float32")
+        dtype = inputs.dtype
+        hidden = ops.matmul(inputs, ops.cast(self.down_kernel, dtype))
+        hidden = self.activation(
+            ops.add(hidden, ops.cast(self.down_bias, dtype))
+        )
+        up_kernel, up_bias = self.up_kernel, self.up_bias
+        # Scaling the small up-projection, not the activation-sized delta,
+        # saves a full-size multiply per call.
+        scale = self.scale if self.learned_scale is None else self.learned_scale
+        up_kernel = ops.multiply(up_kernel, scale)
+        up_bias = ops.multiply(up_bias, scale)
+        delta = ops.matmul(hidden, ops.cast(up_kernel, dtype))
+        return ops.cast(ops.add(delta, ops.cast(up_bias, dtype)), output_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "bottleneck": self.bottleneck,
+                "activation": keras.activations.serialize(self.activation),
+                "scale": self.scale,
+                "down_initializer": keras.initializers.serialize(
+                    self.down_initializer
+                ),
+            }
+        )
+        return config
