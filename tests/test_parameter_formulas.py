@@ -7,7 +7,7 @@ import pytest
 import keras_peft
 from keras_peft.core import injection
 
-D, L_PREFIX, L_PROMPT, R = 8, 3, 5, 2
+D, L_PREFIX, L_PROMPT, R, HEADS = 8, 3, 5, 2, 2
 LAYERS = 12
 
 
@@ -16,10 +16,10 @@ def t5():
     return keras_hub.models.T5Backbone(
         vocabulary_size=10,
         num_layers=LAYERS,
-        num_heads=2,
+        num_heads=HEADS,
         hidden_dim=D,
         intermediate_dim=4 * D,
-        key_value_dim=D // 2,  # heads x key_value_dim = d, as in T5
+        key_value_dim=D // HEADS,  # heads x key_value_dim = d, as in T5
         use_gated_activation=False,
         dropout=0.0,
     )
@@ -58,6 +58,13 @@ FORMULAS = {
         keras_peft.AdapterConfig(bottleneck=R, parallel=True, scale=4.0),
         (2 * R * D + ADAPTER_BIASES) * 2 * LAYERS,
     ),
+    # Not in the table: one bottleneck per head (H of width d_h, H d_h = d).
+    "multi-head PA (attn): (H r d + r d) x 3 x 12": (
+        keras_peft.AdapterConfig(
+            bottleneck=R, location="attn", parallel=True, multi_head=True
+        ),
+        (HEADS * R * D + R * D + HEADS * R + D) * 3 * LAYERS,
+    ),
     "LoRA (attn): 4 r d x 3 x 12": (
         keras_peft.LoRAConfig(rank=R, targets="attn"),
         4 * R * D * 3 * LAYERS,
@@ -67,10 +74,9 @@ FORMULAS = {
         10 * R * D * 2 * LAYERS,
     ),
     "MAM: 2 l d x 3 x 12 + 2 r d x 2 x 12": (
-        [
-            keras_peft.PrefixTuningConfig(length=L_PREFIX, reparam=False),
-            keras_peft.AdapterConfig(bottleneck=R, parallel=True, scale=4.0),
-        ],
+        keras_peft.MAMConfig(
+            prefix_length=L_PREFIX, bottleneck=R, reparam=False
+        ),
         2 * L_PREFIX * D * 3 * LAYERS
         + (2 * R * D + ADAPTER_BIASES) * 2 * LAYERS,
     ),

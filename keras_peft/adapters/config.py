@@ -34,6 +34,11 @@ class AdapterConfig(config_lib.PeftConfig):
         scale: float > 0, or `"learned"` (a trainable scalar per adapter,
             starting at 1.0). Defaults to `1.0`.
         activation: str. Name of a Keras activation. Defaults to `"relu"`.
+        multi_head: bool. A parallel adapter per attention head, added to
+            the head outputs before the attention's output projection
+            (`keras_peft.layers.MultiHeadParallelAdapter`; `bottleneck` is
+            then each head's width). Needs `parallel=True` and
+            `location="attn"`. Defaults to `False`.
         style: `None`, `"houlsby"` (sequential, attention and FFN; the
             blocks' layer norms train too, as in the paper) or `"pfeiffer"`
             (sequential, FFN only). A style sets `location` and `parallel`:
@@ -64,6 +69,7 @@ class AdapterConfig(config_lib.PeftConfig):
     parallel: bool = False
     scale: float | str = 1.0
     activation: str = "relu"
+    multi_head: bool = False
     style: str | None = None
     targets: tuple | None = None
 
@@ -89,6 +95,18 @@ class AdapterConfig(config_lib.PeftConfig):
                 f"{self.activation!r}."
             )
         bottleneck_lib.get_activation(self.activation, owner="AdapterConfig ")
+        if not isinstance(self.multi_head, bool):
+            raise ValueError(
+                "AdapterConfig `multi_head` must be a bool. "
+                f"Got {self.multi_head!r}."
+            )
+        if self.multi_head and (not self.parallel or self.location != "attn"):
+            raise ValueError(
+                "AdapterConfig multi_head=True is a parallel adapter per "
+                "attention head: it needs parallel=True and "
+                f"location='attn' (got parallel={self.parallel}, "
+                f"location={self.location!r}); the FFN has no heads."
+            )
         if self.style is not None:
             if self.style not in STYLES:
                 raise ValueError(

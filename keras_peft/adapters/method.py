@@ -9,7 +9,11 @@ from keras_peft.core import scopes
 from keras_peft.core import targets as targets_lib
 from keras_peft.core.composition import outermost
 from keras_peft.layers.adapter import Adapter
+from keras_peft.layers.multi_head_parallel_adapter import (
+    MultiHeadParallelAdapter,
+)
 from keras_peft.layers.parallel_adapter import ParallelAdapter
+from keras_peft.layers.prefix_attention import attention_dims
 from keras_peft.layers.site_host import SiteHost
 
 _KINDS = {
@@ -34,22 +38,12 @@ class AdapterMethod(method_lib.Method):
         deltas = []
         for site in sites:
             name = _module_name(
-                site, config.parallel, parents, context.planned_names
+                site, _module_kind(config), parents, context.planned_names
             )
             context.planned_names.add(f"{site.block_path}/{name}")
             # Built inside the block's scope: ".../ffn_adapter/down_kernel".
-            layer_class = ParallelAdapter if config.parallel else Adapter
-            # Parallel: reads the site's input; both are of the model width.
-            shapes = [(None, None, width)] * (2 if config.parallel else 1)
             with scopes.scope_of(f"{site.block_path}/{name}"):
-                module = layer_class(
-                    config.bottleneck,
-                    activation=config.activation,
-                    scale=config.scale,
-                    name=name,
-                    dtype=site.output_layer.dtype_policy,
-                )
-                module.build(*shapes)
+                module = _build_module(config, site, name, width)
             deltas.append(method_lib.Delta(site, module, config.parallel))
         kept = []
         if config.style == "houlsby":
@@ -62,6 +56,29 @@ class AdapterMethod(method_lib.Method):
         return method_lib.MethodPlan(
             deltas=tuple(deltas), trainable_base_variables=tuple(kept)
         )
+
+
+def _build_module(config, site, name, width):
+    kwargs = dict(
+        activation=config.activation,
+        scale=config.scale,
+        name=name,
+        dtype=site.output_layer.dtype_policy,
+    )
+    if config.multi_head:
+        heads, _, head_dim = attention_dims(site.output_layer)
+        module = MultiHeadParallelAdapter(
+            config.bottleneck, heads, head_dim, **kwargs
+        )
+        module.attach_output_kernel(
+            architectures.attention_output_kernel(site.output_layer)
+        )
+    else:
+        layer_class = ParallelAdapter if config.parallel else Adapter
+        module = layer_class(config.bottleneck, **kwargs)
+    # Parallel: reads the site's input; both are of the model width.
+    module.build(*[(None, None, width)] * (2 if config.parallel else 1))
+    return module
 
 
 def selected_sites(context, config):
@@ -98,11 +115,17 @@ def selected_sites(context, config):
     ]
 
 
-def _module_name(site, parallel, parents, planned):
-    """`"<kind>_adapter"` or `"<kind>_parallel_adapter"`, numbered after
+def _module_kind(config):
+    if config.multi_head:
+        return "multi_head_parallel_adapter"
+    return "parallel_adapter" if config.parallel else "adapter"
+
+
+def _module_name(site, kind, parents, planned):
+    """`"<site kind>_<kind>"` (e.g. `"ffn_parallel_adapter"`), numbered after
     the modules at the site: from an earlier `apply`, or planned by an
     earlier config of this one."""
-    name = f"{site.kind}_{'parallel_adapter' if parallel else 'adapter'}"
+    name = f"{site.kind}_{kind}"
     taken = {
         path.rpartition("/")[2]
         for path in planned

@@ -7,8 +7,10 @@ an architecture is, and which layers each method targets by default.
 import dataclasses
 import types
 
+import keras
 import keras_hub
 import numpy as np
+from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.site_host import SiteHost
@@ -184,30 +186,50 @@ def unwrapped(layer):
     return layer
 
 
+def attention_output_kernel(layer):
+    """The output projection kernel of a supported attention layer (under
+    any keras-peft wrapper): `(heads, head_dim, d)` for Keras'
+    `MultiHeadAttention`, `(heads * head_dim, d)` for T5's attention."""
+    layer = unwrapped(layer)
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return unwrapped(layer._output_dense).kernel
+    if isinstance(layer, T5MultiHeadAttention):
+        return unwrapped(layer.output_projector).kernel
+    raise TypeError(
+        "Expected a keras.layers.MultiHeadAttention or keras-hub's "
+        f"T5MultiHeadAttention. Received: {type(layer).__name__}"
+    )
+
+
+def transformer_encoder_sites(block, index=0):
+    """The sites of one `keras_hub.layers.TransformerEncoder` (BERT's
+    block): `encoder_<index>/self_attention` and `encoder_<index>/ffn`."""
+    block = unwrapped(block)
+    return (
+        _site(
+            "encoder",
+            index,
+            SELF_ATTENTION,
+            block._self_attention_layer_norm,
+            block._self_attention_layer,
+        ),
+        _site(
+            "encoder",
+            index,
+            FFN,
+            block._feedforward_layer_norm,
+            block._feedforward_intermediate_dense,
+            block._feedforward_output_dense,
+        ),
+    )
+
+
 def _bert_sites(backbone):
-    sites = []
-    for index, block in enumerate(backbone.transformer_layers):
-        block = unwrapped(block)
-        sites.append(
-            _site(
-                "encoder",
-                index,
-                SELF_ATTENTION,
-                block._self_attention_layer_norm,
-                block._self_attention_layer,
-            )
-        )
-        sites.append(
-            _site(
-                "encoder",
-                index,
-                FFN,
-                block._feedforward_layer_norm,
-                block._feedforward_intermediate_dense,
-                block._feedforward_output_dense,
-            )
-        )
-    return tuple(sites)
+    return tuple(
+        site
+        for index, block in enumerate(backbone.transformer_layers)
+        for site in transformer_encoder_sites(block, index)
+    )
 
 
 def _bert_prompt_sites(backbone):

@@ -5,6 +5,7 @@ import json
 import typing
 
 _METHODS = {}
+_UNIONS = {}
 
 
 def register_method(method):
@@ -20,6 +21,15 @@ def register_method(method):
     return method
 
 
+def register_union(config_class):
+    """Registers a `UnionConfig` subclass under its `method` name, so that
+    `config_from_dict` reads it back."""
+    if config_class.method in _METHODS or config_class.method in _UNIONS:
+        raise ValueError(f"{config_class.method!r} is already registered.")
+    _UNIONS[config_class.method] = config_class
+    return config_class
+
+
 def get_method(name):
     """Returns the registered method called `name`."""
     try:
@@ -27,7 +37,8 @@ def get_method(name):
     except KeyError:
         raise ValueError(
             f"Unknown keras-peft method {name!r}. "
-            f"Known methods: {sorted(_METHODS)}."
+            f"Known methods: {sorted(_METHODS)}"
+            + (f", unions: {sorted(_UNIONS)}." if _UNIONS else ".")
         ) from None
 
 
@@ -98,6 +109,20 @@ class PeftConfig:
         ]
 
 
+@dataclasses.dataclass(frozen=True)
+class UnionConfig(PeftConfig):
+    """A config that is a union of other configs (AdapterHub's composites).
+
+    `keras_peft.apply` applies its `parts()` in order, as if they were
+    listed one by one, and records the parts, not the union: a union adds
+    no method of its own.
+    """
+
+    def parts(self):
+        """The configs this one stands for, in the order they apply."""
+        raise NotImplementedError
+
+
 def runtime_field(default=None):
     """A config field that is used while applying but not stored or compared.
 
@@ -123,11 +148,14 @@ def config_from_dict(data):
         raise ValueError(
             f"A keras-peft config dict needs a 'method' key. Received: {data!r}"
         )
+    if data["method"] in _UNIONS:
+        return _UNIONS[data["method"]].from_dict(data)
     return get_method(data["method"]).config_class.from_dict(data)
 
 
 def normalize_configs(configs):
-    """Turns one config or a sequence of them into a validated tuple."""
+    """Turns one config or a sequence of them into a validated tuple, each
+    union config replaced by its parts."""
     if isinstance(configs, PeftConfig):
         configs = (configs,)
     if not isinstance(configs, (list, tuple)) or not configs:
@@ -135,6 +163,11 @@ def normalize_configs(configs):
             "Expected a keras-peft config or a non-empty list of them. "
             f"Received: {configs!r}"
         )
+    expanded = []
     for config in configs:
+        if isinstance(config, UnionConfig):
+            expanded.extend(normalize_configs(config.parts()))
+            continue
         method_of(config)
-    return tuple(configs)
+        expanded.append(config)
+    return tuple(expanded)

@@ -76,31 +76,36 @@ class Bottleneck(AdapterLayer):
         self.scale = scale if scale == LEARNED else float(scale)
         self.down_initializer = keras.initializers.get(down_initializer)
 
-    def build_bottleneck(self, input_dim, output_dim):
-        """Creates `W_down`, `b_down`, `W_up`, `b_up` (and the scale)."""
+    def build_bottleneck(self, input_dim, output_dim, heads=()):
+        """Creates `W_down`, `b_down`, `W_up`, `b_up` (and the scale).
+
+        With `heads=(num_heads,)`, one bottleneck per head: `W_down` is
+        `(input_dim, num_heads, r)`, `W_up` `(num_heads, r, output_dim)`.
+        """
+        heads = tuple(heads)
         # Float32 to avoid underflow of small updates under mixed precision.
         self.down_kernel = self.add_weight(
             name="down_kernel",
-            shape=(input_dim, self.bottleneck),
-            initializer=self.down_initializer,
+            shape=(input_dim, *heads, self.bottleneck),
+            initializer=self._down_initializer_for(input_dim, heads),
             dtype="float32",
         )
         self.down_bias = self.add_weight(
             name="down_bias",
-            shape=(self.bottleneck,),
+            shape=(*heads, self.bottleneck),
             initializer="zeros",
             dtype="float32",
         )
         # Zero, so the layer adds exactly nothing until it trains.
         self.up_kernel = self.add_weight(
             name="up_kernel",
-            shape=(self.bottleneck, output_dim),
+            shape=(*heads, self.bottleneck, output_dim),
             initializer="zeros",
             dtype="float32",
         )
         self.up_bias = self.add_weight(
             name="up_bias",
-            shape=(output_dim,),
+            shape=(*heads, output_dim),
             initializer="zeros",
             dtype="float32",
         )
@@ -110,32 +115,58 @@ class Bottleneck(AdapterLayer):
                 name="scale", shape=(), initializer="ones", dtype="float32"
             )
 
-    def delta(self, inputs):
-        """`s * (f(inputs W_down + b_down) W_up + b_up)` in the input dtype.
+    def _down_initializer_for(self, input_dim, heads):
+        if not heads:
+            return self.down_initializer
 
-        Computed in float32 under float16 policies: an overflow to `inf`
-        times the zero up-projection would be `nan`, not an update of 0.
-        """
+        # Drawn as one `(input_dim, heads * r)` matrix: each head's fan-in
+        # is `input_dim`, as for a single bottleneck.
+        def initializer(shape, dtype=None):
+            flat = (input_dim, math.prod(heads) * self.bottleneck)
+            return ops.reshape(self.down_initializer(flat, dtype), shape)
+
+        return initializer
+
+    def check_width(self, inputs):
+        """Raises a `ValueError` if `inputs` are not `W_down`'s width."""
         width = inputs.shape[-1]
         if width is not None and width != self.down_kernel.shape[0]:
             raise ValueError(
                 f"{type(self).__name__} {self.name!r} reads inputs of width "
                 f"{self.down_kernel.shape[0]}; got shape {inputs.shape}."
             )
+
+    def compute_inputs(self, inputs):
+        """`(inputs to compute with, dtype to return)`.
+
+        Float32 under float16 policies: an overflow to `inf` times the zero
+        up-projection would be `nan`, not an update of 0.
+        """
         output_dtype = inputs.dtype
         if keras.backend.standardize_dtype(output_dtype) == "float16":
             inputs = ops.cast(inputs, "float32")
+        return inputs, output_dtype
+
+    def scaled_up_projection(self):
+        """`(s * W_up, s * b_up)`."""
+        # Scaling the small up-projection, not the activation-sized delta,
+        # saves a full-size multiply per call.
+        scale = self.scale if self.learned_scale is None else self.learned_scale
+        return (
+            ops.multiply(self.up_kernel, scale),
+            ops.multiply(self.up_bias, scale),
+        )
+
+    def delta(self, inputs):
+        """`s * (f(inputs W_down + b_down) W_up + b_up)` in the input dtype."""
+        self.check_width(inputs)
+        inputs, output_dtype = self.compute_inputs(inputs)
         dtype = inputs.dtype
         hidden = ops.matmul(inputs, ops.cast(self.down_kernel, dtype))
         hidden = self.activation(
             ops.add(hidden, ops.cast(self.down_bias, dtype))
         )
-        up_kernel, up_bias = self.up_kernel, self.up_bias
-        # Scaling the small up-projection, not the activation-sized delta,
-        # saves a full-size multiply per call.
-        scale = self.scale if self.learned_scale is None else self.learned_scale
-        up_kernel = ops.multiply(up_kernel, scale)
-        up_bias = ops.multiply(up_bias, scale)
+        up_kernel, up_bias = self.scaled_up_projection()
         delta = ops.matmul(hidden, ops.cast(up_kernel, dtype))
         return ops.cast(ops.add(delta, ops.cast(up_bias, dtype)), output_dtype)
 

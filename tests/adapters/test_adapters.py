@@ -348,6 +348,9 @@ def test_a_conflicting_union_names_both_configs_and_changes_nothing():
         ({"scale": -4.0}, "scale"),
         ({"scale": "fixed"}, "fixed"),
         ({"parallel": "yes"}, "parallel"),
+        ({"multi_head": True, "parallel": True}, "multi_head"),
+        ({"multi_head": True, "location": "attn"}, "multi_head"),
+        ({"multi_head": 1, "parallel": True, "location": "attn"}, "multi_head"),
         ({"targets": []}, "targets"),
     ],
 )
@@ -375,3 +378,75 @@ def test_config_round_trips_through_json():
     assert config.location == "both"
     restored = keras_peft.config_from_dict(config.to_dict())
     assert restored == config
+
+
+def _head_deltas(module, x):
+    """Each head's parallel adapter in NumPy: `(..., H, d_h)`."""
+    hidden = np.einsum("btd,dhr->bthr", _np(x), module.down_kernel.numpy())
+    hidden = np.maximum(hidden + module.down_bias.numpy(), 0)
+    up = np.einsum("bthr,hrk->bthk", hidden, module.up_kernel.numpy())
+    return module.scale * (up + module.up_bias.numpy())
+
+
+@pytest.mark.parametrize("case_name", ["bert_backbone", "t5_backbone"])
+def test_multi_head_adapter_equals_adding_to_the_head_outputs(case_name):
+    """He et al.'s multi-head PA adds each head's delta to that head's output
+    *before* the output projection; the layer adds its projection after it.
+    By linearity the two agree: here the literal form runs the frozen
+    attention with its output projection fed `heads + Delta`."""
+    case = helpers.MODEL_CASES[case_name]
+    model = case.build()
+    keras_peft.apply(
+        model,
+        keras_peft.AdapterConfig(
+            bottleneck=R,
+            location="attn",
+            parallel=True,
+            multi_head=True,
+            scale=SCALE,
+        ),
+    )
+    _randomize(model)
+    backbone = case.backbone(model)
+    sites = architectures.resolve_model(model).architecture.sites(backbone)
+    site = next(s for s in sites if s.kind != architectures.FFN)
+    host = next(
+        layer
+        for layer in backbone._flatten_layers()
+        if isinstance(layer, SiteHost) and layer.base_layer is site.output_layer
+    )
+    module = _modules(host)
+    assert isinstance(module, keras_peft.layers.MultiHeadParallelAdapter)
+    heads, width = module.num_heads, module.head_dim
+    assert module.down_kernel.shape == (16, heads, R)
+    assert module.up_kernel.shape == (heads, R, width)
+
+    attention = site.output_layer
+    attribute = (
+        "_output_dense"
+        if case_name == "bert_backbone"
+        else ("output_projector")
+    )
+    projection = getattr(attention, attribute)
+    x = np.random.default_rng(3).normal(size=(2, 5, 16)).astype("float32")
+    deltas = _head_deltas(module, x)
+
+    def literal(head_outputs):
+        # BERT's heads come as (b, t, H, d_h), T5's concatenated.
+        shaped = np.reshape(deltas, _np(head_outputs).shape)
+        return projection(head_outputs + shaped)
+
+    def run(layer):
+        if case_name == "bert_backbone":
+            return layer(x, x)
+        return layer(x)[0]
+
+    object.__setattr__(attention, attribute, literal)
+    try:
+        expected = _np(run(attention))
+    finally:
+        object.__setattr__(attention, attribute, projection)
+    # Different summation orders (the projection of a sum vs a sum of
+    # projections): float32 rounding only.
+    np.testing.assert_allclose(_np(run(host)), expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(expected - _np(run(attention))).max() > 1e-2

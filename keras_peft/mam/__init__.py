@@ -1,0 +1,1 @@
+from keras_peft.mam.config import MAMConfig
