@@ -11,9 +11,12 @@ from keras_peft.core.injection import applied_configs
 from keras_peft.core.injection import apply
 from keras_peft.core.summary import TrainableSummary
 from keras_peft.core.summary import trainable_summary
+from keras_peft.core.summary import variable_groups
 from keras_peft.lora import LoRAConfig
 from keras_peft.lora import merge_lora
 from keras_peft.lora import unmerge_lora
+from keras_peft.mam import MAMConfig
+from keras_peft.optimizers import GroupedOptimizer
 from keras_peft.prefix_tuning import PrefixTuningConfig
 from keras_peft.prefix_tuning import eject_prefix
 from keras_peft.prompt_tuning import PromptTuningConfig

@@ -33,11 +33,29 @@ def _seeded(request):
     np.random.seed(seed)
 
 
-@pytest.fixture(params=sorted(helpers.MODEL_CASES))
-def model_case(request):
-    return helpers.MODEL_CASES[request.param]
-
-
-@pytest.fixture(params=sorted(helpers.METHOD_CASES))
-def method_case(request):
-    return helpers.METHOD_CASES[request.param]
+def pytest_generate_tests(metafunc):
+    """`model_case` and `method_case` arguments: every (model x method)
+    pair that applies (BitFit has no T5: T5 has no biases)."""
+    names = metafunc.fixturenames
+    if "model_case" in names and "method_case" in names:
+        pairs = helpers.model_method_pairs()
+        metafunc.parametrize(
+            "model_case,method_case",
+            [
+                (helpers.MODEL_CASES[m], helpers.METHOD_CASES[n])
+                for m, n in pairs
+            ],
+            ids=[f"{m}-{n}" for m, n in pairs],
+        )
+    elif "model_case" in names:
+        metafunc.parametrize(
+            "model_case",
+            [helpers.MODEL_CASES[m] for m in sorted(helpers.MODEL_CASES)],
+            ids=sorted(helpers.MODEL_CASES),
+        )
+    elif "method_case" in names:
+        metafunc.parametrize(
+            "method_case",
+            [helpers.METHOD_CASES[m] for m in sorted(helpers.METHOD_CASES)],
+            ids=sorted(helpers.METHOD_CASES),
+        )

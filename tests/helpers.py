@@ -236,6 +236,33 @@ def adapter_count(case, location, bottleneck, learned_scale=False):
     return adapter_site_count(case, location) * per_site
 
 
+def multi_head_adapter_count(case, bottleneck):
+    """Per attention: W_down (d, H, r), W_up (H, r, d_h), their biases."""
+    config = BERT if case.architecture == "bert" else T5
+    d, heads = config["hidden_dim"], config["num_heads"]
+    head_dim = d // heads  # both models' default head width
+    per_site = heads * bottleneck * (d + head_dim + 1) + heads * head_dim
+    return adapter_site_count(case, "attn") * per_site
+
+
+def lora_ffn_count(case, rank):
+    """LoRA on each FFN projection: r (d_in + d_out) per projection; BERT
+    has two per layer, gated T5 three per block (encoder and decoder)."""
+    if case.architecture == "bert":
+        d, f = BERT["hidden_dim"], BERT["intermediate_dim"]
+        return BERT["num_layers"] * 2 * rank * (d + f)
+    d, f = T5["hidden_dim"], T5["intermediate_dim"]
+    return 2 * T5["num_layers"] * 3 * rank * (d + f)
+
+
+def bert_bias_count():
+    """Every bias of the BERT backbone: per layer q, k, v and attention
+    output (d each), the FFN's (f + d), two layer norm offsets (d each);
+    the embedding layer norm's offset and the pooler's bias."""
+    d, f = BERT["hidden_dim"], BERT["intermediate_dim"]
+    return BERT["num_layers"] * (7 * d + f) + 2 * d
+
+
 PROMPT_LENGTH = 4
 PREFIX_LENGTH = 3
 REPARAM_HIDDEN = 8
@@ -245,10 +272,16 @@ ADAPTER_BOTTLENECK = 4
 @dataclasses.dataclass(frozen=True)
 class MethodCase:
     name: str
-    method: str  # the method's name, as trainable_summary groups it
-    config: object  # (model case) -> config
+    # The method's name, as trainable_summary groups it (a union's: each).
+    method: str | tuple
+    config: object  # (model case) -> config or list of configs
     count: object  # (model case, model) -> adapter parameter count
     starts_at_zero: bool = True  # outputs unchanged right after apply
+    architectures: tuple = ("bert", "t5")  # the families it applies to
+
+    @property
+    def methods(self):
+        return (self.method,) if isinstance(self.method, str) else self.method
 
 
 METHOD_CASES = {
@@ -313,8 +346,88 @@ METHOD_CASES = {
                 case, "both", ADAPTER_BOTTLENECK, learned_scale=True
             ),
         ),
+        MethodCase(
+            "multi_head_parallel_adapter",
+            "adapter",
+            lambda case: keras_peft.AdapterConfig(
+                bottleneck=ADAPTER_BOTTLENECK,
+                location="attn",
+                parallel=True,
+                multi_head=True,
+                activation="gelu",
+            ),
+            lambda case, model: multi_head_adapter_count(
+                case, ADAPTER_BOTTLENECK
+            ),
+        ),
+        MethodCase(
+            "mam",
+            ("prefix_tuning", "adapter"),
+            lambda case: keras_peft.MAMConfig(
+                prefix_length=PREFIX_LENGTH,
+                bottleneck=ADAPTER_BOTTLENECK,
+                reparam_hidden=REPARAM_HIDDEN,
+                activation="gelu",
+            ),
+            lambda case, model: (
+                reparametrized_prefix_count(case, PREFIX_LENGTH, REPARAM_HIDDEN)
+                + adapter_count(case, "ffn", ADAPTER_BOTTLENECK)
+            ),
+            starts_at_zero=False,
+        ),
+        MethodCase(
+            # He et al.'s union: prefix at the attention, LoRA at the FFN.
+            "prefix_and_lora_ffn",
+            ("prefix_tuning", "lora"),
+            lambda case: [
+                keras_peft.PrefixTuningConfig(
+                    length=PREFIX_LENGTH, reparam=False
+                ),
+                keras_peft.LoRAConfig(rank=2, targets="ffn"),
+            ],
+            lambda case, model: (
+                prefix_count(case, PREFIX_LENGTH) + lora_ffn_count(case, 2)
+            ),
+            starts_at_zero=False,
+        ),
+        MethodCase(
+            # Two methods on the same layers: LoRA in the FFN's projections,
+            # a parallel adapter around them.
+            "lora_and_parallel_adapter_ffn",
+            ("lora", "adapter"),
+            lambda case: [
+                keras_peft.LoRAConfig(rank=2, targets="ffn"),
+                keras_peft.AdapterConfig(
+                    bottleneck=ADAPTER_BOTTLENECK,
+                    parallel=True,
+                    scale=4.0,
+                    activation="gelu",
+                ),
+            ],
+            lambda case, model: (
+                lora_ffn_count(case, 2)
+                + adapter_count(case, "ffn", ADAPTER_BOTTLENECK)
+            ),
+        ),
+        MethodCase(
+            "bitfit",
+            "bitfit",
+            lambda case: keras_peft.BitFitConfig(),
+            lambda case, model: bert_bias_count(),
+            architectures=("bert",),
+        ),
     )
 }
+
+
+def model_method_pairs():
+    """`(model case name, method case name)` for every pair that applies."""
+    return [
+        (model, method)
+        for model in sorted(MODEL_CASES)
+        for method in sorted(METHOD_CASES)
+        if MODEL_CASES[model].architecture in METHOD_CASES[method].architectures
+    ]
 
 
 def snapshot(model):

@@ -57,23 +57,19 @@ class TrainableSummary:
         return "\n".join(lines)
 
 
-def trainable_summary(model):
-    """Counts a model's trainable parameters, by method, head and base.
+def _group_order(group):
+    # Methods first, by name; then the task head and the backbone itself.
+    return (group in ("head", "base"), group)
 
-    Args:
-        model: any Keras model; a supported keras-hub backbone or task gets
-            its head counted apart from its backbone.
 
-    Returns:
-        A `TrainableSummary` with `.trainable`, `.total` and `.fraction`;
-        `str()` of it is a readable table.
+def _grouped_weights(model):
+    """Yields `(variable, group)` for each of a model's weights.
 
-    Example:
-    ```python
-    summary = keras_peft.trainable_summary(classifier)
-    print(summary)            # table
-    summary.trainable, summary.fraction
-    ```
+    The one place that decides which group a trainable variable counts in:
+    the method that owns it (adapter weights, and variables a method keeps
+    trainable in the base, such as BitFit's biases), `"head"` (task layers
+    outside the backbone) or `"base"` (other backbone weights). `group` is
+    `None` for a frozen variable.
     """
     try:
         backbone = architectures.resolve_model(model).backbone
@@ -92,25 +88,79 @@ def trainable_summary(model):
             for variable in layer.adapter_variables:
                 owners[id(variable)] = layer.method
 
-    counts = {}
-    trainable = total = 0
     for variable in model.weights:
-        size = _size(variable)
-        total += size
         if not variable.trainable:
-            continue
-        trainable += size
-        if id(variable) in owners:
+            group = None
+        elif id(variable) in owners:
             group = owners[id(variable)]
         elif id(variable) in backbone_ids:
             group = "base"
         else:
             group = "head"
+        yield variable, group
+
+
+def trainable_summary(model):
+    """Counts a model's trainable parameters, by method, head and base.
+
+    Args:
+        model: any Keras model; a supported keras-hub backbone or task gets
+            its head counted apart from its backbone.
+
+    Returns:
+        A `TrainableSummary` with `.trainable`, `.total` and `.fraction`;
+        `str()` of it is a readable table.
+
+    Example:
+    ```python
+    summary = keras_peft.trainable_summary(classifier)
+    print(summary)            # table
+    summary.trainable, summary.fraction
+    ```
+    """
+    counts = {}
+    trainable = total = 0
+    for variable, group in _grouped_weights(model):
+        size = _size(variable)
+        total += size
+        if group is None:
+            continue
+        trainable += size
         counts[group] = counts.get(group, 0) + size
-    order = sorted(counts, key=lambda g: (g in ("head", "base"), g))
+    order = sorted(counts, key=_group_order)
     return TrainableSummary(
         model_name=type(model).__name__,
         trainable=trainable,
         total=total,
         groups=tuple((g, counts[g]) for g in order),
     )
+
+
+def variable_groups(model):
+    """A model's trainable variables, grouped as `trainable_summary` counts
+    them.
+
+    Args:
+        model: any Keras model; a supported keras-hub backbone or task gets
+            its head grouped apart from its backbone.
+
+    Returns:
+        A dict from group name to the list of that group's trainable
+        variables, in `model.weights` order: one group per method that has
+        trainable variables (`"lora"`, `"prompt_tuning"`, `"prefix_tuning"`,
+        `"adapter"`, `"bitfit"`), then `"head"` (task layers outside the
+        backbone) and `"base"` (backbone weights that still train). Groups
+        without trainable variables are left out.
+
+    Example:
+    ```python
+    keras_peft.apply(classifier, keras_peft.PromptTuningConfig(length=20))
+    groups = keras_peft.variable_groups(classifier)
+    sorted(groups)  # ["head", "prompt_tuning"]
+    ```
+    """
+    groups = {}
+    for variable, group in _grouped_weights(model):
+        if group is not None:
+            groups.setdefault(group, []).append(variable)
+    return {g: groups[g] for g in sorted(groups, key=_group_order)}
