@@ -6,14 +6,26 @@ Methods plan *replacing wrappers* (a `LoRADense` around a `Dense`, a
 swaps: each layer that gets deltas is wrapped by one `SiteHost` holding the
 layer (or its replacing wrapper) and every delta module acting there, those
 of earlier `apply` calls included.
+
+A layer that already carries a replacing wrapper takes no second one:
+`check_wrappable` rejects it for a later `apply` call, `check_conflicts`
+within one.
 """
 
 from keras_peft.core import layer_tree
 from keras_peft.core import method as method_lib
+from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core.scopes import scope_of
+from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.site_host import SiteHost
 from keras_peft.layers.site_host import Tap
+from keras_peft.layers.wrapper import Wrapper
+
+_ONE_REPLACING_WRAPPER = (
+    "A layer carries at most one replacing wrapper (LoRA, prefix); adapters "
+    "may share a layer with anything."
+)
 
 
 def outermost(layer, parents):
@@ -40,10 +52,76 @@ def check_conflicts(configs, method_plans):
                 raise ValueError(
                     f"Two configs replace the same layer "
                     f"{replacement.old.path!r}: {seen[key]!r} and {config!r}. "
-                    "A layer carries at most one replacing wrapper (LoRA, "
-                    "prefix); adapters may share a layer with anything."
+                    + _ONE_REPLACING_WRAPPER
                 )
             seen[key] = config
+
+
+def check_wrappable(context, config, layers, graph_of=None):
+    """Raises a `ValueError` unless each of `layers` can take a replacing
+    wrapper for `config`. Every method checks its targets with it before
+    building anything.
+
+    A layer cannot take one when it already carries a replacing wrapper from
+    an earlier `apply` (the error names that call's config, `config` and the
+    layer's path), when it is part of a keras-peft layer (an adapter's own
+    sub-layer), or when the model holds it where keras-peft cannot swap it
+    (`surgery.check_replaceable`).
+
+    Args:
+        context: the `ModelContext`.
+        config: the config that would wrap `layers`, for the message.
+        layers: the layers to wrap (base layers, not their wrappers).
+        graph_of: optional functional model: only its graph would change.
+    """
+    parents = layer_tree.parent_map(context.model)
+    for layer in layers:
+        wrapper = _replacing_wrapper(layer, parents)
+        if wrapper is not None:
+            raise ValueError(
+                f"Layer {layer.path!r} is already wrapped by a "
+                f"{type(wrapper).__name__} {_origin(context, wrapper)}; "
+                f"{config!r} cannot wrap it again. " + _ONE_REPLACING_WRAPPER
+            )
+        surgery.check_replaceable(context.model, layer, graph_of)
+
+
+def _replacing_wrapper(layer, parents):
+    """The replacing wrapper around `layer` (or `layer` itself, if it is
+    one), through any site host; `None` if it has none."""
+    current = layer
+    while True:
+        if isinstance(current, Wrapper) and current.replacing:
+            return current
+        parent = parents.get(id(current))
+        if isinstance(parent, Wrapper) and parent.wrapped_layer is current:
+            current = parent
+        elif isinstance(parent, (Wrapper, AdapterLayer)):
+            raise ValueError(
+                f"Layer {layer.path!r} is part of keras-peft's "
+                f"{type(parent).__name__} {parent.name!r}; methods wrap the "
+                "base model's layers only."
+            )
+        else:
+            return None
+
+
+def _origin(context, wrapper):
+    """Which earlier `apply` made `wrapper`, as text naming its config."""
+    if wrapper.applied_config is not None:
+        return f"from an earlier apply of {wrapper.applied_config!r}"
+    # Not recorded (a wrapper built by hand): the model's applied configs
+    # of the wrapper's method are the candidates.
+    state = state_lib.get_state(context.backbone)
+    applied = state.configs if state else ()
+    method = getattr(wrapper, "method", None)
+    candidates = [c for c in applied if c.method == method]
+    if len(candidates) == 1:
+        return f"from an earlier apply of {candidates[0]!r}"
+    if candidates:
+        listing = ", ".join(repr(c) for c in candidates)
+        return f"from an earlier apply of one of {listing}"
+    return "not made by `keras_peft.apply`"
 
 
 class _Position:

@@ -16,6 +16,7 @@ from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core import tf_distribute
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.wrapper import Wrapper
 
 
 class Plan:
@@ -143,9 +144,14 @@ def plan(model, configs, initialize=True):
         with tf_distribute.creation_scope(context.model):
             for config in configs:
                 method = config_lib.method_of(config)
-                method_plans.append(
-                    method.plan(context, config, initialize=initialize)
+                method_plan = method.plan(
+                    context, config, initialize=initialize
                 )
+                for replacement in method_plan.replacements:
+                    if isinstance(replacement.new, Wrapper):
+                        # So that a later conflict on the layer names it.
+                        replacement.new.applied_config = config
+                method_plans.append(method_plan)
             composition.check_conflicts(configs, method_plans)
             replacements = composition.compose(context, method_plans)
     except BaseException:

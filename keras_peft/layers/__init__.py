@@ -11,3 +11,4 @@ from keras_peft.layers.parallel_adapter import ParallelAdapter
 from keras_peft.layers.prefix_attention import PrefixAttention
 from keras_peft.layers.prefix_reparametrization import PrefixReparametrization
 from keras_peft.layers.prompt_embedding import PromptEmbedding
+from keras_peft.layers.wrapper import Wrapper

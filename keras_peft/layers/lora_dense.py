@@ -8,6 +8,7 @@ from keras import ops
 
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.validation import check_int
+from keras_peft.layers.wrapper import Wrapper
 
 _DENSE_EQUATION = "...a,ab->...b"
 
@@ -90,7 +91,7 @@ def _parse_equation(equation, input_rank=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_peft")
-class LoRADense(AdapterLayer):
+class LoRADense(Wrapper, AdapterLayer):
     """A frozen `Dense` or `EinsumDense` plus a trainable low-rank update.
 
     Computes `activation(base(x) + scale * dropout(x) @ A @ B)`, where `base`
@@ -183,9 +184,7 @@ class LoRADense(AdapterLayer):
                     f"both. Received: units={units!r}, base_layer="
                     f"{base_layer.name!r}"
                 )
-            kwargs.setdefault("dtype", base_layer.dtype_policy)
-            kwargs.setdefault("name", base_layer.name)
-        super().__init__(**kwargs)
+        super().__init__(base_layer, **kwargs)
         self.rank = rank
         self.alpha = float(alpha)
         self.dropout = float(dropout)
@@ -194,7 +193,8 @@ class LoRADense(AdapterLayer):
         self.lora_a_initializer = keras.initializers.get(lora_a_initializer)
 
         if base_layer is None:
-            base_layer = keras.layers.Dense(
+            # Made here, once this layer's dtype policy is known.
+            base_layer = self.base_layer = keras.layers.Dense(
                 units,
                 use_bias=use_bias,
                 kernel_initializer=kernel_initializer,
@@ -215,8 +215,6 @@ class LoRADense(AdapterLayer):
         self._base_activation = base_layer.activation
         if not _is_linear(base_layer.activation):
             base_layer.activation = keras.activations.linear
-        self.base_layer = base_layer
-        self._base_trainable = None
         # The kernel as it was before `merge()`, so that `unmerge()` restores
         # it bit for bit: `(k + d) - d` is not `k` in floating point.
         self._kernel_before_merge = None
@@ -242,14 +240,7 @@ class LoRADense(AdapterLayer):
     def build(self, input_shape):
         if not self.base_layer.built:
             self.base_layer.build(input_shape)
-        if self._base_trainable is None:
-            # Plain bools: a list holding the variables themselves would be
-            # tracked as this layer's own state.
-            self._base_trainable = [
-                v.trainable for v in self.base_layer.weights
-            ]
-            for variable in self.base_layer.weights:
-                variable.trainable = False
+        self.freeze_base()
         kernel_shape = self.base_layer.kernel.shape
         equations = self._equations()
         # LoRA weights should be float32 to avoid the risk of underflow
@@ -409,18 +400,14 @@ class LoRADense(AdapterLayer):
             keeps whatever `merge()` put into it).
         """
         self.base_layer.activation = self._base_activation
-        for variable, trainable in zip(
-            self.base_layer.weights, self._base_trainable or ()
-        ):
-            variable.trainable = trainable
-        return self.base_layer
+        return super().release()
 
     def compute_output_shape(self, input_shape):
         return self.base_layer.compute_output_shape(input_shape)
 
     def get_config(self):
         config = super().get_config()
-        base_layer = keras.saving.serialize_keras_object(self.base_layer)
+        base_layer = config.pop("base_layer")
         activation = self.activation
         if not _is_linear(self._base_activation):
             # The activation came from the base: store it there, so that the
@@ -445,14 +432,6 @@ class LoRADense(AdapterLayer):
             }
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["base_layer"] = keras.saving.deserialize_keras_object(
-            config["base_layer"]
-        )
-        return cls(**config)
 
 
 def _validate_hyperparameters(rank, alpha, dropout):

@@ -8,6 +8,7 @@ from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.validation import check_int
+from keras_peft.layers.wrapper import Wrapper
 
 # T5 folds its attention mask into the position bias with this value.
 _T5_MASK_BIAS = -1e9
@@ -42,7 +43,7 @@ def _check_source(source, index, length, heads, head_dim):
 
 
 @keras.saving.register_keras_serializable(package="keras_peft")
-class PrefixAttention(AdapterLayer):
+class PrefixAttention(Wrapper, AdapterLayer):
     """An attention layer whose keys and values start with a trained prefix.
 
     At every call, `length` trainable key vectors `P_k` and value vectors
@@ -86,6 +87,7 @@ class PrefixAttention(AdapterLayer):
     """
 
     method = "prefix_tuning"
+    base_argument = "attention_layer"
 
     def __new__(cls, attention_layer=None, *args, **kwargs):
         # One public layer; each attention kind has its own call signature.
@@ -111,10 +113,7 @@ class PrefixAttention(AdapterLayer):
                 f"PrefixAttention needs a built attention layer; "
                 f"{attention_layer.name!r} is not built."
             )
-        kwargs.setdefault("name", attention_layer.name)
-        kwargs.setdefault("dtype", attention_layer.dtype_policy)
-        super().__init__(**kwargs)
-        self.base_layer = attention_layer
+        super().__init__(attention_layer, **kwargs)
         self.length = length
         self.num_heads, self.key_dim, self.value_dim = heads, key_dim, value_dim
         self.prefix_initializer = keras.initializers.get(
@@ -129,9 +128,7 @@ class PrefixAttention(AdapterLayer):
         self.prefix_source = prefix_source
         self.source_index = source_index
         self.build()
-        self._base_trainable = [v.trainable for v in attention_layer.weights]
-        for variable in attention_layer.weights:
-            variable.trainable = False
+        self.freeze_base()
         if isinstance(attention_layer, keras.layers.MultiHeadAttention):
             # The smallest piece of Keras' attention to extend: the step that
             # attends over the projected keys and values.
@@ -265,11 +262,7 @@ class PrefixAttention(AdapterLayer):
         """Gives the attention layer back its own attention step and flags."""
         if "_compute_attention" in vars(self.base_layer):
             del self.base_layer._compute_attention
-        for variable, trainable in zip(
-            self.base_layer.weights, self._base_trainable
-        ):
-            variable.trainable = trainable
-        return self.base_layer
+        return super().release()
 
     def get_config(self):
         if self.prefix_source is not None:
@@ -285,20 +278,9 @@ class PrefixAttention(AdapterLayer):
                 "prefix_initializer": keras.initializers.serialize(
                     self.prefix_initializer
                 ),
-                "attention_layer": keras.saving.serialize_keras_object(
-                    self.base_layer
-                ),
             }
         )
         return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["attention_layer"] = keras.saving.deserialize_keras_object(
-            config["attention_layer"]
-        )
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="keras_peft")

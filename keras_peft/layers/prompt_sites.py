@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.validation import check_int
+from keras_peft.layers.wrapper import Wrapper
 
 
 def _insert_ones(mask, length, insert_at):
@@ -15,7 +16,7 @@ def _insert_ones(mask, length, insert_at):
     )
 
 
-class _PassThrough(AdapterLayer):
+class _PassThrough(Wrapper, AdapterLayer):
     """A wrapper that takes whatever arguments its wrapped layer takes.
 
     Calls go straight to `call`: the wrapped layer's own `__call__` does the
@@ -26,21 +27,12 @@ class _PassThrough(AdapterLayer):
 
     method = "prompt_tuning"
 
-    def __init__(self, base_layer, **kwargs):
-        kwargs.setdefault("name", base_layer.name)
-        kwargs.setdefault("dtype", base_layer.dtype_policy)
-        super().__init__(**kwargs)
-        self.base_layer = base_layer
-
     def build(self, *args, **kwargs):
         # Nothing to create: building only gives the layer its path.
         pass
 
     def __call__(self, *args, **kwargs):
         return self.call(*args, **kwargs)
-
-    def release(self):
-        return self.base_layer
 
 
 def _first(outputs):

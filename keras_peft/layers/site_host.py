@@ -5,6 +5,8 @@ import threading
 
 import keras
 
+from keras_peft.layers.wrapper import Wrapper
+
 
 class Tap:
     """Hands a site's input from the layer that reads it to the layer that
@@ -38,7 +40,25 @@ class Tap:
         self._local.value = None
 
 
-class SiteHost(keras.layers.Layer):
+class _UnlinkedTap(Tap):
+    """The tap of a host restored from its config: taps link two layers, and
+    a config holds one. Records nothing; reading raises."""
+
+    def record(self, value):
+        pass
+
+    def read(self):
+        raise ValueError(
+            f"This layer was restored from a config, which does not link it "
+            f"to the layer that records the input of site "
+            f"{self.site_name!r}: a module that reads another layer's input "
+            "cannot run in a restored layer. Apply the configs to the base "
+            "model again (`keras_peft.load_adapter` restores the weights)."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_peft")
+class SiteHost(Wrapper):
     """Runs a layer, then adds its delta modules' contributions.
 
     `base_layer` is the layer at a site (a plain layer, or a replacing
@@ -54,6 +74,13 @@ class SiteHost(keras.layers.Layer):
     A host also records its first input into its `records` taps. Other
     outputs (attention scores, T5's position bias and cache) pass through.
 
+    A host round-trips through `get_config` / `from_config` with its base
+    layer and modules. A tap links two layers, which one config cannot
+    hold: it is stored by its site's name, and a restored host's taps are
+    unlinked. Its own-input parallel modules and sequential modules run as
+    before; it records nothing, and calling a module that reads another
+    layer's input raises a `ValueError`.
+
     Args:
         base_layer: the layer to run.
         parallel: sequence of `(module, tap)`; `tap` is `None` to read the
@@ -64,22 +91,31 @@ class SiteHost(keras.layers.Layer):
             to `()`.
         **kwargs: base layer arguments; name and dtype default to the base
             layer's.
+
+    Example:
+    ```python
+    dense = keras.layers.Dense(16)
+    dense.build((None, 16))
+    adapter = keras_peft.layers.Adapter(bottleneck=4)
+    adapter.build((None, 16))
+    host = keras_peft.layers.site_host.SiteHost(dense, sequential=[adapter])
+    y = host(x)  # adapter(dense(x)); equals dense(x) until it trains
+    ```
     """
+
+    replacing = False
 
     def __new__(cls, base_layer=None, *args, **kwargs):
         # Keras reads a layer's call signature (its tensor arguments, its
         # `training` and `mask`): a host must show its base layer's.
-        if cls is SiteHost:
+        if cls is SiteHost or "_signature_of" in vars(cls):
             cls = _host_class(type(base_layer))
         return super().__new__(cls, base_layer, *args, **kwargs)
 
     def __init__(
         self, base_layer, parallel=(), sequential=(), records=(), **kwargs
     ):
-        kwargs.setdefault("name", base_layer.name)
-        kwargs.setdefault("dtype", base_layer.dtype_policy)
-        super().__init__(**kwargs)
-        self.base_layer = base_layer
+        super().__init__(base_layer, **kwargs)
         self.parallel_modules = [module for module, _ in parallel]
         self._parallel_taps = tuple(tap for _, tap in parallel)
         self.sequential_modules = list(sequential)
@@ -92,10 +128,6 @@ class SiteHost(keras.layers.Layer):
 
     def build(self, *args, **kwargs):
         self.built = True
-
-    @property
-    def wrapped_layer(self):
-        return self.base_layer
 
     @property
     def parallel(self):
@@ -134,9 +166,44 @@ class SiteHost(keras.layers.Layer):
     def compute_output_spec(self, *args, **kwargs):
         return self.base_layer.compute_output_spec(*args, **kwargs)
 
-    def release(self):
-        """The base layer, which the host never changed."""
-        return self.base_layer
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            {
+                "parallel": [
+                    {
+                        "module": serialize(module),
+                        "tap": None if tap is None else tap.site_name,
+                    }
+                    for module, tap in self.parallel
+                ],
+                "sequential": [
+                    serialize(module) for module in self.sequential_modules
+                ],
+                "records": [tap.site_name for tap in self._records],
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        deserialize = keras.saving.deserialize_keras_object
+        config["parallel"] = [
+            (
+                deserialize(entry["module"]),
+                None if entry["tap"] is None else _UnlinkedTap(entry["tap"]),
+            )
+            for entry in config.get("parallel", ())
+        ]
+        config["sequential"] = [
+            deserialize(module) for module in config.get("sequential", ())
+        ]
+        config["records"] = [
+            _UnlinkedTap(name) for name in config.get("records", ())
+        ]
+        return super().from_config(config)
 
 
 _HOST_CLASSES = {}
@@ -150,7 +217,18 @@ def _host_class(base_class):
             return self.host_call(*args, **kwargs)
 
         call.__signature__ = inspect.signature(base_class.call)
-        _HOST_CLASSES[base_class] = type(
-            f"SiteHost[{base_class.__name__}]", (SiteHost,), {"call": call}
+        host_class = type(
+            f"SiteHost[{base_class.__name__}]",
+            (SiteHost,),
+            {"call": call, "_signature_of": base_class},
         )
+        # Saved under SiteHost's name, whose `from_config` makes the class
+        # for the restored base layer: registering `host_class` gives it the
+        # name, registering SiteHost again keeps the name resolving to it.
+        register = keras.saving.register_keras_serializable(
+            package="keras_peft", name="SiteHost"
+        )
+        register(host_class)
+        register(SiteHost)
+        _HOST_CLASSES[base_class] = host_class
     return _HOST_CLASSES[base_class]

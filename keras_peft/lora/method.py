@@ -2,14 +2,12 @@
 
 import keras
 
+from keras_peft.core import composition
 from keras_peft.core import config as config_lib
 from keras_peft.core import freezing
-from keras_peft.core import layer_tree
 from keras_peft.core import method as method_lib
 from keras_peft.core import scopes
-from keras_peft.core import surgery
 from keras_peft.core import targets as targets_lib
-from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.lora_dense import LoRADense
 from keras_peft.lora.config import LoRAConfig
 
@@ -36,16 +34,7 @@ class LoRAMethod(method_lib.Method):
             found = targets_lib.find_targets(
                 context.backbone, targets, TARGET_TYPES, "LoRA"
             )
-        parents = layer_tree.parent_map(context.model)
-        for layer in found:
-            parent = parents[id(layer)]
-            if isinstance(parent, AdapterLayer):
-                raise ValueError(
-                    f"Layer {layer.path!r} is already wrapped by a "
-                    f"{type(parent).__name__}; LoRA cannot be applied to the "
-                    "same layer twice."
-                )
-            surgery.check_replaceable(context.model, layer)
+        composition.check_wrappable(context, config, found)
 
         replacements = []
         try:

@@ -2,13 +2,11 @@
 
 import numpy as np
 
+from keras_peft.core import composition
 from keras_peft.core import config as config_lib
-from keras_peft.core import layer_tree
 from keras_peft.core import method as method_lib
 from keras_peft.core import scopes
-from keras_peft.core import surgery
 from keras_peft.core import tokens
-from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.prefix_attention import PrefixAttention
 from keras_peft.layers.prefix_attention import attention_dims
 from keras_peft.layers.prefix_reparametrization import PrefixReparametrization
@@ -22,16 +20,7 @@ class PrefixTuningMethod(method_lib.Method):
 
     def plan(self, context, config, initialize=True):
         layers = selected_attention_layers(context, config)
-        parents = layer_tree.parent_map(context.model)
-        for layer in layers:
-            if isinstance(layer, AdapterLayer) or isinstance(
-                parents.get(id(layer)), AdapterLayer
-            ):
-                raise ValueError(
-                    f"Attention layer {layer.path!r} is already wrapped by "
-                    "keras-peft; prefix tuning cannot wrap it again."
-                )
-            surgery.check_replaceable(context.model, layer)
+        composition.check_wrappable(context, config, layers)
         dims = {attention_dims(layer) for layer in layers}
         heads, key_dim, value_dim = dims.pop()
         if config.reparam and (dims or key_dim != value_dim):

@@ -1,13 +1,11 @@
 """How prompt tuning plans itself on a model."""
 
+from keras_peft.core import composition
 from keras_peft.core import config as config_lib
-from keras_peft.core import layer_tree
 from keras_peft.core import method as method_lib
 from keras_peft.core import scopes
 from keras_peft.core import state as state_lib
-from keras_peft.core import surgery
 from keras_peft.core import tokens
-from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.prompt_embedding import PromptEmbedding
 from keras_peft.layers.prompt_sites import PromptAlignment
 from keras_peft.layers.prompt_sites import PromptInsertion
@@ -28,19 +26,13 @@ class PromptTuningMethod(method_lib.Method):
             )
         sites = context.architecture.prompt_sites(context.backbone)
         _check_length(context, sites, config.length)
-        parents = layer_tree.parent_map(context.model)
         graph_of = context.backbone if sites.graph_only else None
-        for layer in (sites.insert_layer, *(a.layer for a in sites.aligned)):
-            if isinstance(layer, AdapterLayer) or isinstance(
-                parents.get(id(layer)), AdapterLayer
-            ):
-                raise ValueError(
-                    f"Layer {layer.path!r} is already wrapped by keras-peft; "
-                    "prompt tuning cannot wrap it again."
-                )
-        surgery.check_replaceable(context.model, sites.insert_layer, graph_of)
-        for alignment in sites.aligned:
-            surgery.check_replaceable(context.model, alignment.layer)
+        composition.check_wrappable(
+            context, config, [sites.insert_layer], graph_of
+        )
+        composition.check_wrappable(
+            context, config, [a.layer for a in sites.aligned]
+        )
 
         values = None
         if initialize:

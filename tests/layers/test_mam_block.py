@@ -5,7 +5,6 @@ import keras_hub
 import numpy as np
 import pytest
 
-import keras_peft
 from keras_peft.layers import MAMBlock
 from tests import helpers
 
@@ -13,7 +12,9 @@ D, HEADS, FFN, L, R = 16, 2, 32, 3, 4
 
 
 def _encoder():
-    return keras_hub.layers.TransformerEncoder(FFN, num_heads=HEADS, dropout=0.0)
+    return keras_hub.layers.TransformerEncoder(
+        FFN, num_heads=HEADS, dropout=0.0
+    )
 
 
 def _model(blocks):
