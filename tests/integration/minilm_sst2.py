@@ -7,6 +7,7 @@ import keras_hub
 import numpy as np
 import pytest
 
+import keras_peft
 from tests import helpers
 
 SST2 = os.path.join(helpers.SHARED, "data", "sst2", "train.tsv")
@@ -42,19 +43,15 @@ def compile_classifier(model, learning_rate, head_learning_rate=None):
     The checkpoint's pooler output is tiny (about 0.04 std): a new head on
     it needs a far larger step than a prompt or prefix does.
     """
-    head = model.output_dense.weights
-    # On TensorFlow the optimizer updates the backend variables themselves.
-    head_ids = {id(v) for v in head} | {id(v.value) for v in head}
-    scale = (head_learning_rate or learning_rate) / learning_rate
-
-    class HeadRateAdam(keras.optimizers.Adam):
-        def update_step(self, gradient, variable, learning_rate):
-            if id(variable) in head_ids:
-                learning_rate = learning_rate * scale
-            super().update_step(gradient, variable, learning_rate)
-
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if head_learning_rate is not None:
+        optimizer = keras_peft.GroupedOptimizer(
+            optimizer,
+            learning_rates={"head": head_learning_rate},
+            model=model,
+        )
     model.compile(
-        optimizer=HeadRateAdam(learning_rate),
+        optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
