@@ -237,11 +237,12 @@ def adapter_count(case, location, bottleneck, learned_scale=False):
 
 
 def multi_head_adapter_count(case, bottleneck):
-    """Per attention: W_down (d, H, r), W_up (H, r, d_h), their biases."""
+    """Per attention: W_down (d_h, H, r) and W_up (H, r, d_h), He et al.'s
+    2 r d (H d_h = d), plus the biases H r + H d_h."""
     config = BERT if case.architecture == "bert" else T5
     d, heads = config["hidden_dim"], config["num_heads"]
     head_dim = d // heads  # both models' default head width
-    per_site = heads * bottleneck * (d + head_dim + 1) + heads * head_dim
+    per_site = 2 * bottleneck * d + heads * bottleneck + heads * head_dim
     return adapter_site_count(case, "attn") * per_site
 
 

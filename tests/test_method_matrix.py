@@ -73,10 +73,12 @@ def _assert_start_outputs(model_case, method_case, after, before):
 # methods that only repeat others' code paths are left out: the direct
 # prefix (the reparametrized one's attention), the sequential adapter (the
 # parallel adapter's site hosts), MAM and the prefix + LoRA union (prefix
-# and adapters or LoRA, each on layers of its own).
+# and adapters or LoRA, each on layers of its own), and LoRA inside a
+# parallel adapter's host (fitted under XLA on BERT).
 _T5_XLA_REPEATS = (
     "prefix_tuning_direct",
     "adapter",
+    "lora_and_parallel_adapter_ffn",
     "mam",
     "prefix_and_lora_ffn",
 )

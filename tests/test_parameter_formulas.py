@@ -58,12 +58,12 @@ FORMULAS = {
         keras_peft.AdapterConfig(bottleneck=R, parallel=True, scale=4.0),
         (2 * R * D + ADAPTER_BIASES) * 2 * LAYERS,
     ),
-    # Not in the table: one bottleneck per head (H of width d_h, H d_h = d).
-    "multi-head PA (attn): (H r d + r d) x 3 x 12": (
+    "multi-head PA (attn): 2 r d x 3 x 12": (
         keras_peft.AdapterConfig(
             bottleneck=R, location="attn", parallel=True, multi_head=True
         ),
-        (HEADS * R * D + R * D + HEADS * R + D) * 3 * LAYERS,
+        # One bottleneck per head: biases H r + H d_h = H r + d.
+        (2 * R * D + HEADS * R + D) * 3 * LAYERS,
     ),
     "LoRA (attn): 4 r d x 3 x 12": (
         keras_peft.LoRAConfig(rank=R, targets="attn"),

@@ -66,13 +66,18 @@ def _build_module(config, site, name, width):
         dtype=site.output_layer.dtype_policy,
     )
     if config.multi_head:
-        heads, _, head_dim = attention_dims(site.output_layer)
+        heads, key_dim, value_dim = attention_dims(site.output_layer)
+        if key_dim != value_dim:
+            raise ValueError(
+                "AdapterConfig multi_head=True maps each head's query to an "
+                "update of its output, which needs equal query and value "
+                f"widths; attention {site.output_layer.path!r} has "
+                f"{key_dim} and {value_dim}."
+            )
         module = MultiHeadParallelAdapter(
-            config.bottleneck, heads, head_dim, **kwargs
+            config.bottleneck, heads, key_dim, **kwargs
         )
-        module.attach_output_kernel(
-            architectures.attention_output_kernel(site.output_layer)
-        )
+        module.attach(*architectures.attention_projections(site.output_layer))
     else:
         layer_class = ParallelAdapter if config.parallel else Adapter
         module = layer_class(config.bottleneck, **kwargs)

@@ -13,6 +13,7 @@ import numpy as np
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.lora_dense import LoRADense
 from keras_peft.layers.site_host import SiteHost
 
 
@@ -186,19 +187,45 @@ def unwrapped(layer):
     return layer
 
 
-def attention_output_kernel(layer):
-    """The output projection kernel of a supported attention layer (under
-    any keras-peft wrapper): `(heads, head_dim, d)` for Keras'
-    `MultiHeadAttention`, `(heads * head_dim, d)` for T5's attention."""
+def attention_projections(layer):
+    """`(query_projection, output_kernel)` of a supported attention layer,
+    as callables that read the layer's current projections at each call:
+    `x -> per-head queries` and `() -> output kernel` (`(heads, head_dim,
+    d)` for Keras' `MultiHeadAttention`, `(heads * head_dim, d)` for T5's).
+
+    Both see the projections as the attention uses them: through LoRA when
+    it wraps them (the kernel with LoRA's update unless merged into it).
+    """
     layer = unwrapped(layer)
     if isinstance(layer, keras.layers.MultiHeadAttention):
-        return unwrapped(layer._output_dense).kernel
-    if isinstance(layer, T5MultiHeadAttention):
-        return unwrapped(layer.output_projector).kernel
-    raise TypeError(
-        "Expected a keras.layers.MultiHeadAttention or keras-hub's "
-        f"T5MultiHeadAttention. Received: {type(layer).__name__}"
-    )
+        names = ("_query_dense", "_output_dense")
+    elif isinstance(layer, T5MultiHeadAttention):
+        names = ("query_projector", "output_projector")
+    else:
+        raise TypeError(
+            "Expected a keras.layers.MultiHeadAttention or keras-hub's "
+            f"T5MultiHeadAttention. Received: {type(layer).__name__}"
+        )
+    query_name, output_name = names
+
+    def query_projection(inputs):
+        return getattr(layer, query_name)(inputs)
+
+    def output_kernel():
+        return effective_kernel(getattr(layer, output_name))
+
+    return query_projection, output_kernel
+
+
+def effective_kernel(layer):
+    """The kernel a dense layer multiplies by, with LoRA's update when a
+    `LoRADense` wraps it unmerged."""
+    while isinstance(layer, SiteHost):
+        layer = layer.base_layer
+    if isinstance(layer, LoRADense) and not layer.merged:
+        kernel = layer.base_layer.kernel
+        return kernel + keras.ops.cast(layer.delta_kernel(), kernel.dtype)
+    return unwrapped(layer).kernel
 
 
 def transformer_encoder_sites(block, index=0):

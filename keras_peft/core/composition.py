@@ -12,6 +12,7 @@ A layer that already carries a replacing wrapper takes no second one:
 within one.
 """
 
+from keras_peft.core import config as config_lib
 from keras_peft.core import layer_tree
 from keras_peft.core import method as method_lib
 from keras_peft.core import state as state_lib
@@ -49,9 +50,12 @@ def check_conflicts(configs, method_plans):
         for replacement in plan.replacements:
             key = id(replacement.old)
             if key in seen:
+                first, second = (
+                    config_lib.describe(c) for c in (seen[key], config)
+                )
                 raise ValueError(
                     f"Two configs replace the same layer "
-                    f"{replacement.old.path!r}: {seen[key]!r} and {config!r}. "
+                    f"{replacement.old.path!r}: {first} and {second}. "
                     + _ONE_REPLACING_WRAPPER
                 )
             seen[key] = config
@@ -81,7 +85,8 @@ def check_wrappable(context, config, layers, graph_of=None):
             raise ValueError(
                 f"Layer {layer.path!r} is already wrapped by a "
                 f"{type(wrapper).__name__} {_origin(context, wrapper)}; "
-                f"{config!r} cannot wrap it again. " + _ONE_REPLACING_WRAPPER
+                f"{config_lib.describe(config)} cannot wrap it again. "
+                + _ONE_REPLACING_WRAPPER
             )
         surgery.check_replaceable(context.model, layer, graph_of)
 
@@ -109,7 +114,8 @@ def _replacing_wrapper(layer, parents):
 def _origin(context, wrapper):
     """Which earlier `apply` made `wrapper`, as text naming its config."""
     if wrapper.applied_config is not None:
-        return f"from an earlier apply of {wrapper.applied_config!r}"
+        config = config_lib.describe(wrapper.applied_config)
+        return f"from an earlier apply of {config}"
     # Not recorded (a wrapper built by hand): the model's applied configs
     # of the wrapper's method are the candidates.
     state = state_lib.get_state(context.backbone)

@@ -15,7 +15,7 @@ def register_method(method):
         method: object. A `keras_peft.core.method.Method` instance, whose
             `config_class` is the frozen dataclass of its config.
     """
-    if method.name in _METHODS:
+    if method.name in _METHODS or method.name in _UNIONS:
         raise ValueError(f"Method {method.name!r} is already registered.")
     _METHODS[method.name] = method
     return method
@@ -32,13 +32,19 @@ def register_union(config_class):
 
 def get_method(name):
     """Returns the registered method called `name`."""
+    if name in _UNIONS:
+        raise ValueError(
+            f"{name!r} is a union of other methods' configs "
+            f"({_UNIONS[name].__name__}), not a method of its own: pass the "
+            "config to `keras_peft.apply`, which applies its parts."
+        )
     try:
         return _METHODS[name]
     except KeyError:
         raise ValueError(
             f"Unknown keras-peft method {name!r}. "
-            f"Known methods: {sorted(_METHODS)}"
-            + (f", unions: {sorted(_UNIONS)}." if _UNIONS else ".")
+            f"Known methods: {sorted(_METHODS)}; union configs: "
+            f"{sorted(_UNIONS)}."
         ) from None
 
 
@@ -153,6 +159,14 @@ def config_from_dict(data):
     return get_method(data["method"]).config_class.from_dict(data)
 
 
+def describe(config):
+    """`repr(config)`, naming the union config it is a part of, if any."""
+    union = getattr(config, "_union", None)
+    if union is None:
+        return repr(config)
+    return f"{union!r} (its {type(config).__name__} part)"
+
+
 def normalize_configs(configs):
     """Turns one config or a sequence of them into a validated tuple, each
     union config replaced by its parts."""
@@ -166,7 +180,11 @@ def normalize_configs(configs):
     expanded = []
     for config in configs:
         if isinstance(config, UnionConfig):
-            expanded.extend(normalize_configs(config.parts()))
+            parts = normalize_configs(config.parts())
+            for part in parts:
+                # Not a field: equality, repr and files stay the part's own.
+                object.__setattr__(part, "_union", config)
+            expanded.extend(parts)
             continue
         method_of(config)
         expanded.append(config)

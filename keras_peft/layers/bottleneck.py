@@ -1,6 +1,7 @@
 """The adapters' bottleneck: `s * f(z W_down + b_down) W_up + b_up`."""
 
 import math
+import numbers
 
 import keras
 from keras import ops
@@ -16,7 +17,7 @@ def check_scale(scale, owner="Adapter "):
     if scale == LEARNED and isinstance(scale, str):
         return
     if (
-        not isinstance(scale, (int, float))
+        not isinstance(scale, numbers.Real)
         or isinstance(scale, bool)
         or not math.isfinite(scale)
         or scale <= 0

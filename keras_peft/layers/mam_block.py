@@ -9,6 +9,7 @@ from keras_peft.core import freezing
 from keras_peft.core import method as method_lib
 from keras_peft.core import scopes
 from keras_peft.core import surgery
+from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.bottleneck import LEARNED
 from keras_peft.layers.bottleneck import check_scale
 from keras_peft.layers.bottleneck import get_activation
@@ -17,6 +18,7 @@ from keras_peft.layers.prefix_attention import PrefixAttention
 from keras_peft.layers.prefix_attention import attention_dims
 from keras_peft.layers.prefix_reparametrization import PrefixReparametrization
 from keras_peft.layers.validation import check_int
+from keras_peft.layers.wrapper import Wrapper
 
 
 class _BlockContext:
@@ -47,7 +49,10 @@ class MAMBlock(keras.layers.Layer):
 
     Args:
         encoder: a `keras_hub.layers.TransformerEncoder`, built or not (it
-            is built with the block). Its variables are frozen.
+            is built with the block). It is changed in place when the block
+            builds (its attention and FFN layers wrapped, its variables
+            frozen): give each `MAMBlock` an encoder of its own that nothing
+            else calls.
         prefix_length: int. Prefix length `l`. Defaults to `30`.
         bottleneck: int. Width `r` of the FFN adapter. Defaults to `512`.
         scale: float > 0 or `"learned"`. The adapter's scale `s`. Defaults
@@ -117,6 +122,18 @@ class MAMBlock(keras.layers.Layer):
         get_activation(activation, owner="MAMBlock ")
 
     def build(self, inputs_shape, padding_mask_shape=None, *args, **kwargs):
+        wrapped = [
+            layer.path
+            for layer in freezing.layers_of(self.encoder)
+            if isinstance(layer, (Wrapper, AdapterLayer))
+        ]
+        if wrapped:
+            raise ValueError(
+                f"MAMBlock cannot wrap encoder {self.encoder.path!r}: it "
+                f"already carries keras-peft layers ({', '.join(wrapped)}), "
+                "e.g. from another MAMBlock. Give each MAMBlock its own "
+                "TransformerEncoder."
+            )
         if not self.encoder.built:
             self.encoder.build(inputs_shape)
         attention, ffn = architectures.transformer_encoder_sites(self.encoder)

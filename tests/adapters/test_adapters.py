@@ -380,9 +380,10 @@ def test_config_round_trips_through_json():
     assert restored == config
 
 
-def _head_deltas(module, x):
-    """Each head's parallel adapter in NumPy: `(..., H, d_h)`."""
-    hidden = np.einsum("btd,dhr->bthr", _np(x), module.down_kernel.numpy())
+def _head_deltas(module, queries):
+    """Each head's parallel adapter in NumPy, from its queries: `(..., H,
+    d_h)` -> `(..., H, d_h)`."""
+    hidden = np.einsum("bthk,khr->bthr", queries, module.down_kernel.numpy())
     hidden = np.maximum(hidden + module.down_bias.numpy(), 0)
     up = np.einsum("bthr,hrk->bthk", hidden, module.up_kernel.numpy())
     return module.scale * (up + module.up_bias.numpy())
@@ -390,10 +391,11 @@ def _head_deltas(module, x):
 
 @pytest.mark.parametrize("case_name", ["bert_backbone", "t5_backbone"])
 def test_multi_head_adapter_equals_adding_to_the_head_outputs(case_name):
-    """He et al.'s multi-head PA adds each head's delta to that head's output
-    *before* the output projection; the layer adds its projection after it.
-    By linearity the two agree: here the literal form runs the frozen
-    attention with its output projection fed `heads + Delta`."""
+    """He et al.'s multi-head PA adds each head's delta, computed from the
+    head's query, to that head's output *before* the output projection; the
+    layer adds its projection after it. By linearity the two agree: here the
+    literal form runs the frozen attention with its output projection fed
+    `heads + Delta`."""
     case = helpers.MODEL_CASES[case_name]
     model = case.build()
     keras_peft.apply(
@@ -418,18 +420,23 @@ def test_multi_head_adapter_equals_adding_to_the_head_outputs(case_name):
     module = _modules(host)
     assert isinstance(module, keras_peft.layers.MultiHeadParallelAdapter)
     heads, width = module.num_heads, module.head_dim
-    assert module.down_kernel.shape == (16, heads, R)
+    assert module.down_kernel.shape == (width, heads, R)
     assert module.up_kernel.shape == (heads, R, width)
 
     attention = site.output_layer
-    attribute = (
-        "_output_dense"
-        if case_name == "bert_backbone"
-        else ("output_projector")
+    bert = case_name == "bert_backbone"
+    names = (
+        ("_query_dense", "_output_dense")
+        if bert
+        else (
+            "query_projector",
+            "output_projector",
+        )
     )
-    projection = getattr(attention, attribute)
+    query, projection = (getattr(attention, name) for name in names)
     x = np.random.default_rng(3).normal(size=(2, 5, 16)).astype("float32")
-    deltas = _head_deltas(module, x)
+    queries = _np(query(x)).reshape(2, 5, heads, width)
+    deltas = _head_deltas(module, queries)
 
     def literal(head_outputs):
         # BERT's heads come as (b, t, H, d_h), T5's concatenated.
@@ -437,16 +444,36 @@ def test_multi_head_adapter_equals_adding_to_the_head_outputs(case_name):
         return projection(head_outputs + shaped)
 
     def run(layer):
-        if case_name == "bert_backbone":
-            return layer(x, x)
-        return layer(x)[0]
+        return layer(x, x) if bert else layer(x)[0]
 
-    object.__setattr__(attention, attribute, literal)
+    object.__setattr__(attention, names[1], literal)
     try:
         expected = _np(run(attention))
     finally:
-        object.__setattr__(attention, attribute, projection)
+        object.__setattr__(attention, names[1], projection)
     # Different summation orders (the projection of a sum vs a sum of
     # projections): float32 rounding only.
     np.testing.assert_allclose(_np(run(host)), expected, rtol=1e-5, atol=1e-5)
     assert np.abs(expected - _np(run(attention))).max() > 1e-2
+
+
+def test_multi_head_adapter_goes_through_lora_on_the_output_projection():
+    """With LoRA on the attention's output projection, the heads' deltas go
+    through the kernel the attention uses (`W_o + s A B`), so merging LoRA
+    into `W_o` changes nothing."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = case.build()
+    keras_peft.apply(
+        model,
+        [
+            keras_peft.AdapterConfig(
+                bottleneck=2, location="attn", parallel=True, multi_head=True
+            ),
+            keras_peft.LoRAConfig(rank=2, targets=["attention_output"]),
+        ],
+    )
+    _randomize(model)
+    before = case.outputs(model)
+    keras_peft.merge_lora(model)
+    # Merged vs unmerged LoRA: different kernels, float32 rounding.
+    helpers.assert_outputs_close(case.outputs(model), before)

@@ -148,3 +148,11 @@ def test_bad_arguments(kwargs, message):
         MAMBlock(_encoder(), **kwargs)
     with pytest.raises(TypeError, match="TransformerEncoder"):
         MAMBlock(keras.layers.Dense(3))
+
+
+def test_an_encoder_wraps_once():
+    encoder = _encoder()
+    u = np.zeros((1, 3, D), "float32")
+    MAMBlock(encoder, prefix_length=L, bottleneck=R)(u)
+    with pytest.raises(ValueError, match="already carries keras-peft"):
+        MAMBlock(encoder, prefix_length=L, bottleneck=R)(u)
