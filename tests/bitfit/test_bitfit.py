@@ -106,3 +106,28 @@ def test_bad_targets():
         keras_peft.apply(
             model, keras_peft.BitFitConfig(targets=["nothing_here"])
         )
+
+
+def test_trains_exactly_the_biases_bert_has():
+    """Listed by hand from BERT's structure (not by the code under test):
+    the embedding norm's offset, per layer q/k/v/output biases, both norms'
+    offsets and the FFN's biases, and the pooler's bias."""
+    case = helpers.MODEL_CASES["bert_backbone"]
+    model = case.build()
+    keras_peft.apply(model, keras_peft.BitFitConfig())
+    per_layer = [
+        "self_attention_layer/query/bias",
+        "self_attention_layer/key/bias",
+        "self_attention_layer/value/bias",
+        "self_attention_layer/attention_output/bias",
+        "self_attention_layer_norm/beta",
+        "feedforward_layer_norm/beta",
+        "feedforward_intermediate_dense/bias",
+        "feedforward_output_dense/bias",
+    ]
+    expected = {"embeddings_layer_norm/beta", "pooled_dense/bias"} | {
+        f"transformer_layer_{i}/{name}"
+        for i in range(helpers.BERT["num_layers"])
+        for name in per_layer
+    }
+    assert {v.path for v in model.weights if v.trainable} == expected
