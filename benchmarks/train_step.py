@@ -1,31 +1,41 @@
-"""Times one training step: full fine-tuning vs keras-peft LoRA vs keras-hub.
+"""Times one training step: full fine-tuning vs the keras-peft methods.
 
 Measures the wall time of one optimizer step (forward, backward, Adam
 update) of a `keras_hub.models.BertTextClassifier` over a randomly
 initialised `BertBackbone` (hidden 256, 4 layers, 4 heads, FFN 1024) on
-random token ids, for three variants built in one run:
+random token ids, for these variants, built in one run:
 
 - `full`: every weight trains (full fine-tuning);
 - `keras_peft_lora`: `keras_peft.apply(model, LoRAConfig(rank=8, alpha=16))`
   (LoRA on the attention query and value projections);
-- `keras_hub_lora`: keras-hub's own `backbone.enable_lora(8)`.
+- `keras_hub_lora`: keras-hub's own `backbone.enable_lora(8)`;
+- `bitfit`: `BitFitConfig()` (every bias of the backbone);
+- `adapter`: `AdapterConfig(bottleneck=64)` (sequential, at every FFN);
+- `parallel`: `AdapterConfig(bottleneck=64, parallel=True)` (FFN);
+- `scaled_pa`: `AdapterConfig(bottleneck=64, parallel=True, scale=4.0)`;
+- `mh_pa`: `AdapterConfig(bottleneck=8, location="attn", parallel=True,
+  multi_head=True)` (a parallel adapter per attention head);
+- `mam`: `MAMConfig(prefix_length=30, bottleneck=64)` (prefix with its MLP
+  at every attention, scaled parallel adapter at every FFN).
 
 Each variant gets its own fresh model, compiled with Adam and sparse
 categorical cross-entropy on logits. Steps run through
 `model.train_on_batch`, whose first calls (trace and compile) are warm-up
 and never timed. Timed steps are taken in rounds that alternate between the
 variants, rotating their order each round, so that background load affects
-all three alike; the reported figure is the median over all timed steps.
+all of them alike; the reported figure is the median over all timed steps.
 
-The targets: our LoRA step at most 0.70x the full fine-tuning step, and no
-slower than keras-hub's `enable_lora`. The results replace the `train_step`
-section of `benchmarks/RESULTS.md`. Numbers are only meaningful on an
-otherwise idle machine.
+The targets: our LoRA step at most 0.70x the full fine-tuning step and no
+slower than keras-hub's `enable_lora`; the scaled parallel adapter's step at
+most 0.75x the full fine-tuning step. The results replace the `train_step`
+section of `benchmarks/RESULTS.md`, with the machine's load average at the
+start and the end. Numbers are only meaningful on an otherwise idle machine.
 
 Run:
 
     python benchmarks/train_step.py
     python benchmarks/train_step.py --steps 3 --warmup 1 --seq 32 --no-write
+    python benchmarks/train_step.py --variants full,scaled_pa --no-write
 """
 
 import argparse
@@ -48,13 +58,47 @@ import results_file  # noqa: E402
 
 import keras_peft  # noqa: E402
 
-VARIANTS = ("full", "keras_peft_lora", "keras_hub_lora")
+VARIANTS = (
+    "full",
+    "keras_peft_lora",
+    "keras_hub_lora",
+    "bitfit",
+    "adapter",
+    "parallel",
+    "scaled_pa",
+    "mh_pa",
+    "mam",
+)
 LABELS = {
     "full": "full fine-tuning",
     "keras_peft_lora": "keras-peft LoRA (q, v)",
     "keras_hub_lora": "keras-hub enable_lora (q, v)",
+    "bitfit": "BitFit",
+    "adapter": "sequential adapter r=64 (ffn)",
+    "parallel": "parallel adapter r=64 (ffn)",
+    "scaled_pa": "scaled PA r=64 s=4 (ffn)",
+    "mh_pa": "multi-head PA r=8 per head (attn)",
+    "mam": "MAM l=30 r=64 s=4 (prefix MLP)",
+}
+# Each variant's configs (LoRA's rank comes from --rank).
+CONFIGS = {
+    "bitfit": lambda: [keras_peft.BitFitConfig()],
+    "adapter": lambda: [keras_peft.AdapterConfig(bottleneck=64)],
+    "parallel": lambda: [
+        keras_peft.AdapterConfig(bottleneck=64, parallel=True)
+    ],
+    "scaled_pa": lambda: [
+        keras_peft.AdapterConfig(bottleneck=64, parallel=True, scale=4.0)
+    ],
+    "mh_pa": lambda: [
+        keras_peft.AdapterConfig(
+            bottleneck=8, location="attn", parallel=True, multi_head=True
+        )
+    ],
+    "mam": lambda: [keras_peft.MAMConfig(prefix_length=30, bottleneck=64)],
 }
 FULL_TARGET = 0.70
+SCALED_PA_TARGET = 0.75
 
 
 def parse_args(argv=None):
@@ -82,6 +126,12 @@ def parse_args(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (full is "
+        "always timed: the targets are ratios to it)",
+    )
+    parser.add_argument(
         "--jit-compile",
         action="store_true",
         help="compile every variant with XLA (jit_compile=True)",
@@ -95,6 +145,16 @@ def parse_args(argv=None):
     if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
         parser.error("--steps, --warmup and --rounds must be at least 1")
     args.rounds = min(args.rounds, args.steps)
+    variants = {v.strip() for v in args.variants.split(",") if v.strip()}
+    unknown = sorted(variants - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants must be a subset of {VARIANTS}: {unknown}")
+    args.variants = [v for v in VARIANTS if v in variants | {"full"}]
+    if len(args.variants) < len(VARIANTS) and not args.no_write:
+        parser.error(
+            "a subset of --variants needs --no-write (the results "
+            "section holds every variant)"
+        )
     return args
 
 
@@ -116,6 +176,8 @@ def build_model(variant, args):
         keras_peft.apply(model, config)
     elif variant == "keras_hub_lora":
         backbone.enable_lora(args.rank)
+    elif variant in CONFIGS:
+        keras_peft.apply(model, CONFIGS[variant]())
     model.compile(
         jit_compile=True if args.jit_compile else "auto",
         optimizer=keras.optimizers.Adam(1e-4),
@@ -177,8 +239,6 @@ def verdict(ok):
 
 def report(times, stats, args, wall):
     med = {v: quartiles_ms(t)[1] for v, t in times.items()}
-    vs_full = med["keras_peft_lora"] / med["full"]
-    vs_hub = med["keras_peft_lora"] / med["keras_hub_lora"]
     lines = [
         "## Training step time (`benchmarks/train_step.py"
         + (" --jit-compile`, XLA)" if args.jit_compile else "`)"),
@@ -196,38 +256,56 @@ def report(times, stats, args, wall):
         f"compile), then {args.steps} timed `train_on_batch` steps per "
         f"variant in {args.rounds} rounds alternating the variants "
         "(order rotated each round); median over all timed steps. "
-        f"Whole run {wall:.0f} s.",
+        f"Whole run {wall:.0f} s; 1-minute load average "
+        f"{stats['load'][0]:.1f} at the start, {stats['load'][1]:.1f} at "
+        f"the end ({os.cpu_count()} cores; other users' processes "
+        "included).",
         "",
         "| variant | trainable params | q/v biases trainable | "
-        "step median (ms) | p25..p75 (ms) |",
-        "|---|---:|:---:|---:|---:|",
+        "step median (ms) | p25..p75 (ms) | vs full |",
+        "|---|---:|:---:|---:|---:|---:|",
     ]
-    for variant in VARIANTS:
+    for variant in args.variants:
         q1, q2, q3 = quartiles_ms(times[variant])
         s = stats[variant]
         lines.append(
             f"| {LABELS[variant]} | {s['trainable']:,} | "
             f"{'yes' if s['qv_bias'] else 'no'} | {q2:.1f} | "
-            f"{q1:.1f}..{q3:.1f} |"
+            f"{q1:.1f}..{q3:.1f} | {q2 / med['full']:.3f}x |"
         )
-    lines += [
-        "",
-        "| target | measured | result |",
-        "|---|---:|:---:|",
-        f"| keras-peft LoRA step <= {FULL_TARGET:.2f}x full fine-tuning "
-        f"step | {vs_full:.3f}x | {verdict(vs_full <= FULL_TARGET)} |",
-        "| keras-peft LoRA step no slower than keras-hub `enable_lora` "
-        f"| {vs_hub:.3f}x | {verdict(vs_hub <= 1.0)} |",
-    ]
+    targets = []
+    if "keras_peft_lora" in med:
+        ratio = med["keras_peft_lora"] / med["full"]
+        targets.append(
+            f"| keras-peft LoRA step <= {FULL_TARGET:.2f}x full fine-tuning "
+            f"step | {ratio:.3f}x | {verdict(ratio <= FULL_TARGET)} |"
+        )
+    if "keras_peft_lora" in med and "keras_hub_lora" in med:
+        ratio = med["keras_peft_lora"] / med["keras_hub_lora"]
+        targets.append(
+            "| keras-peft LoRA step no slower than keras-hub `enable_lora` "
+            f"| {ratio:.3f}x | {verdict(ratio <= 1.0)} |"
+        )
+    if "scaled_pa" in med:
+        ratio = med["scaled_pa"] / med["full"]
+        targets.append(
+            f"| scaled PA (r=64, ffn) step <= {SCALED_PA_TARGET:.2f}x full "
+            f"fine-tuning step | {ratio:.3f}x | "
+            f"{verdict(ratio <= SCALED_PA_TARGET)} |"
+        )
+    if targets:
+        lines += ["", "| target | measured | result |", "|---|---:|:---:|"]
+        lines += targets
     return "\n".join(lines)
 
 
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     x, y = make_batch(args)
     models, stats = {}, {}
-    for variant in VARIANTS:
+    for variant in args.variants:
         model = build_model(variant, args)
         models[variant] = model
         stats[variant] = {
@@ -247,6 +325,7 @@ def main(argv=None):
         for _ in range(args.warmup):
             model.train_on_batch(x, y)
     times = time_steps(models, x, y, args)
+    stats["load"] = load_at_start, os.getloadavg()[0]
     body = report(times, stats, args, time.perf_counter() - started)
     print(body)
     if args.no_write:
