@@ -142,8 +142,10 @@ def parse_args(argv=None):
         help="print only; leave benchmarks/RESULTS.md alone (smoke runs)",
     )
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 1 or args.rounds < 1:
-        parser.error("--steps, --warmup and --rounds must be at least 1")
+    if args.warmup < 1 or args.rounds < 1:
+        parser.error("--warmup and --rounds must be at least 1")
+    if args.steps < 2:
+        parser.error("--steps must be at least 2 (the quartiles need two)")
     args.rounds = min(args.rounds, args.steps)
     variants = {v.strip() for v in args.variants.split(",") if v.strip()}
     unknown = sorted(variants - set(VARIANTS))
