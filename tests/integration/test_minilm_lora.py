@@ -14,14 +14,7 @@ from tests.integration import minilm_sst2 as data
 pytestmark = pytest.mark.large
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    return data.checkpoint()
-
-
-def test_lora_learns_sst2_and_round_trips(minilm, tmp_path):
-    x_train, y_train = data.sst2(640, offset=0)
-    x_val, y_val = data.sst2(256, offset=60000)
+def test_lora_learns_sst2_and_round_trips(minilm, sst2, tmp_path):
     model = data.classifier(minilm)
     keras_peft.apply(model, keras_peft.LoRAConfig(rank=8, alpha=16))
     summary = keras_peft.trainable_summary(model)
@@ -29,28 +22,23 @@ def test_lora_learns_sst2_and_round_trips(minilm, tmp_path):
     assert dict(summary.groups)["lora"] == 2 * 6 * 2 * 384 * 8
     assert summary.fraction < 0.01
 
-    frozen = data.frozen_values(model)
-    data.compile_classifier(model, 2e-3)
-    before = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
-    model.fit(x_train, y_train, epochs=2, batch_size=32, verbose=0)
-    after = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
+    # One epoch of 40 steps. Measured on this split (seeds 0 and 1 for the
+    # initial weights): 0.775 and 0.783; the head alone (LoRA frozen), with
+    # the same steps and rate, 0.607, and the untrained model 0.51-0.54.
+    before, after = data.learn(model, sst2, 1, 5e-3, batch_size=16)
     print("SST-2 validation before/after LoRA:", before, after)
-    assert after["accuracy"] >= 0.75, (before, after)
+    assert after["accuracy"] >= 0.72, (before, after)
     assert after["loss"] < before["loss"]
-    data.assert_unchanged(frozen)
 
     path = os.path.join(tmp_path, "sst2")
     keras_peft.save_adapter(model, path)
     assert data.adapter_size(path) < 0.02 * 4 * summary.total
-    expected = model.predict(x_val[:32], verbose=0)
+    x = sst2.sample()
+    expected = model.predict(x, verbose=0)
     fresh = data.classifier(minilm)
     keras_peft.load_adapter(fresh, path)
     # Exact: a save/load round trip runs the same ops on the same values.
-    np.testing.assert_array_equal(
-        fresh.predict(x_val[:32], verbose=0), expected
-    )
+    np.testing.assert_array_equal(fresh.predict(x, verbose=0), expected)
     keras_peft.merge_lora(fresh)
     # Close: merged kernels, against the unmerged pass that made expected.
-    np.testing.assert_allclose(
-        fresh.predict(x_val[:32], verbose=0), expected, atol=1e-4
-    )
+    np.testing.assert_allclose(fresh.predict(x, verbose=0), expected, atol=1e-4)

@@ -16,25 +16,7 @@ pytestmark = pytest.mark.large
 LAYERS, WIDTH = 6, 384
 
 
-@pytest.fixture(scope="module")
-def minilm():
-    return data.checkpoint()
-
-
-def _learn(model, epochs, learning_rate, head_learning_rate):
-    """Trains on 640 sentences; returns validation metrics before, after."""
-    x_train, y_train = data.sst2(640, offset=0)
-    x_val, y_val = data.sst2(256, offset=60000)
-    frozen = data.frozen_values(model)
-    data.compile_classifier(model, learning_rate, head_learning_rate)
-    before = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
-    model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
-    after = model.evaluate(x_val, y_val, verbose=0, return_dict=True)
-    data.assert_unchanged(frozen)
-    return before, after, x_val[:32]
-
-
-def test_prefix_learns_sst2_ejects_and_round_trips(minilm, tmp_path):
+def test_prefix_learns_sst2_ejects_and_round_trips(minilm, sst2, tmp_path):
     model = data.classifier(minilm)
     keras_peft.apply(model, keras_peft.PrefixTuningConfig(length=10))
     summary = keras_peft.trainable_summary(model)
@@ -43,11 +25,16 @@ def test_prefix_learns_sst2_ejects_and_round_trips(minilm, tmp_path):
     mlp = 10 * 512 + 512 * 512 + 512 + (512 + 1) * LAYERS * 2 * WIDTH
     assert dict(summary.groups)["prefix_tuning"] == mlp
 
-    before, after, x = _learn(model, 3, 5e-4, 1e-2)
+    # Two epochs of 20 steps. Measured on this split (seeds 0 and 1 for the
+    # initial weights): 0.766 and 0.754; the head alone (prefix frozen),
+    # with the same steps and rate, 0.646 and 0.643, and the untrained
+    # model 0.53.
+    before, after = data.learn(model, sst2, 2, 5e-4, 1e-2)
     print("SST-2 validation before/after prefix tuning:", before, after)
-    assert after["accuracy"] >= 0.72, (before, after)
+    assert after["accuracy"] >= 0.70, (before, after)
     assert after["loss"] < before["loss"]
 
+    x = sst2.sample()
     expected = model.predict(x, verbose=0)
     keras_peft.eject_prefix(model)
     # Close: predict's graph ran the MLP; eject() reran it eagerly.
@@ -65,18 +52,25 @@ def test_prefix_learns_sst2_ejects_and_round_trips(minilm, tmp_path):
     np.testing.assert_allclose(fresh.predict(x, verbose=0), expected, atol=1e-5)
 
 
-def test_prompt_learns_sst2_and_round_trips(minilm, tmp_path):
+def test_prompt_learns_sst2_and_round_trips(minilm, sst2, tmp_path):
     model = data.classifier(minilm)
     config = keras_peft.PromptTuningConfig(
-        length=20, init="labels", class_labels=["negative", "positive"]
+        length=10,
+        init="labels",
+        class_labels=["negative", "positive"],
+        tokenizer=data.preprocessor(minilm).tokenizer,
     )
     keras_peft.apply(model, config)
     summary = keras_peft.trainable_summary(model)
-    assert dict(summary.groups)["prompt_tuning"] == 20 * WIDTH
+    assert dict(summary.groups)["prompt_tuning"] == 10 * WIDTH
 
     # Prompt tuning is slow at this scale (Lester et al.: it catches up
-    # with full fine-tuning only at billions of parameters).
-    before, after, x = _learn(model, 6, 3e-3, 1e-2)
+    # with full fine-tuning only at billions of parameters): three epochs
+    # of 20 steps. Measured on this split (seeds 0, 1 and 2 for the initial
+    # weights): 0.738, 0.742 and 0.762; the head alone (prompt frozen),
+    # with the same steps and rate, 0.611 and 0.588 (seeds 0 and 1), and
+    # the untrained model 0.54.
+    before, after = data.learn(model, sst2, 3, 3e-3, 1e-2)
     print("SST-2 validation before/after prompt tuning:", before, after)
     assert after["accuracy"] >= 0.68, (before, after)
     assert after["loss"] < before["loss"]
@@ -84,6 +78,7 @@ def test_prompt_learns_sst2_and_round_trips(minilm, tmp_path):
     path = os.path.join(tmp_path, "sst2-prompt")
     keras_peft.save_adapter(model, path)
     assert data.adapter_size(path) < 4 * summary.trainable + 20_000
+    x = sst2.sample()
     expected = model.predict(x, verbose=0)
     fresh = data.classifier(minilm)
     keras_peft.load_adapter(fresh, path)
