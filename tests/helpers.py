@@ -139,6 +139,20 @@ def _seq2seq():
 
 sparse_ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
+
+def randomize_trainable(model, seed=0, scale=0.5):
+    """Moves every trainable weight to a random value, as training would.
+
+    Where a test needs trained values but not training itself (fitting is
+    checked once per method in `test_method_matrix`), this skips tracing a
+    train function: seconds on a T5 task.
+    """
+    rng = np.random.default_rng(seed)
+    for variable in model.trainable_weights:
+        value = scale * rng.normal(size=variable.shape)
+        variable.assign(np.asarray(value, "float32"))
+
+
 MODEL_CASES = {
     case.name: case
     for case in (
@@ -262,6 +276,31 @@ def bert_bias_count():
     the embedding layer norm's offset and the pooler's bias."""
     d, f = BERT["hidden_dim"], BERT["intermediate_dim"]
     return BERT["num_layers"] * (7 * d + f) + 2 * d
+
+
+def _all_methods():
+    return [
+        METHOD_CASES[name].config(None)
+        for name in (
+            "prompt_tuning",
+            "prefix_tuning",
+            "lora",
+            "adapter",
+            "parallel_adapter",
+            "multi_head_parallel_adapter",
+        )
+    ]
+
+
+def _all_methods_count(case, model):
+    return (
+        PROMPT_LENGTH * hidden_dim(case)
+        + reparametrized_prefix_count(case, PREFIX_LENGTH, REPARAM_HIDDEN)
+        + lora_count(case, model, 4)
+        + adapter_count(case, "ffn", ADAPTER_BOTTLENECK)
+        + adapter_count(case, "both", ADAPTER_BOTTLENECK, learned_scale=True)
+        + multi_head_adapter_count(case, ADAPTER_BOTTLENECK)
+    )
 
 
 PROMPT_LENGTH = 4
@@ -415,6 +454,27 @@ METHOD_CASES = {
             "bitfit",
             lambda case: keras_peft.BitFitConfig(),
             lambda case, model: bert_bias_count(),
+            architectures=("bert",),
+        ),
+        MethodCase(
+            # Every method at once (for T5: every one but BitFit), the
+            # adapters of every kind sharing their sites with LoRA and the
+            # prefix: one model that runs each method's code.
+            "all_methods",
+            ("prompt_tuning", "prefix_tuning", "lora", "adapter"),
+            lambda case: _all_methods(),
+            lambda case, model: _all_methods_count(case, model),
+            starts_at_zero=False,
+            architectures=("t5",),
+        ),
+        MethodCase(
+            "all_methods_and_bitfit",
+            ("prompt_tuning", "prefix_tuning", "lora", "adapter", "bitfit"),
+            lambda case: _all_methods() + [keras_peft.BitFitConfig()],
+            lambda case, model: (
+                _all_methods_count(case, model) + bert_bias_count()
+            ),
+            starts_at_zero=False,
             architectures=("bert",),
         ),
     )

@@ -105,10 +105,17 @@ def assert_cached_decoding_matches(model):
     return generated
 
 
-def assert_changes_logits(model, base_model):
-    """The method moves the decoder's logits away from the base model's."""
+def assert_changes_logits(model, base_model, tokens=None):
+    """The method moves the decoder's logits away from the base model's.
+
+    Args:
+        tokens: the model's greedy decoding of `generate_inputs()`, as
+            `assert_cached_decoding_matches` returns it; generated here
+            when not given.
+    """
     inputs = generate_inputs()
-    tokens = greedy_generate(model, inputs)
+    if tokens is None:
+        tokens = greedy_generate(model, inputs)
     logits = full_forward_logits(model, inputs, tokens)
     base = full_forward_logits(base_model, inputs, tokens)
     assert np.abs(logits - base).max() > 1e-2 * np.abs(base).max()

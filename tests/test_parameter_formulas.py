@@ -1,6 +1,8 @@
 """Trainable parameter counts equal He et al.'s (2022) formula table, on a
 12-layer T5 of width d with a non-gated FFN of width 4d."""
 
+import functools
+
 import keras_hub
 import pytest
 
@@ -11,8 +13,11 @@ D, L_PREFIX, L_PROMPT, R, HEADS = 8, 3, 5, 2, 2
 LAYERS = 12
 
 
-@pytest.fixture(scope="module")
-def t5():
+@functools.cache
+def _t5():
+    # Once per test process, not per module fixture: pytest-xdist's work
+    # stealing can run this module's tests in several rounds on one worker,
+    # and each round would build the 12 layers again (seconds).
     return keras_hub.models.T5Backbone(
         vocabulary_size=10,
         num_layers=LAYERS,
@@ -84,6 +89,6 @@ FORMULAS = {
 
 
 @pytest.mark.parametrize("name", sorted(FORMULAS))
-def test_count_equals_the_formula(t5, name):
+def test_count_equals_the_formula(name):
     configs, expected = FORMULAS[name]
-    assert _planned_count(t5, configs) == expected
+    assert _planned_count(_t5(), configs) == expected

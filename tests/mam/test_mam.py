@@ -47,15 +47,12 @@ def test_t5_cached_decoding_after_training_with_multi_head_adapters():
             ),
         ],
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.05), loss=case.loss, sampler="greedy"
-    )
-    model.fit(case.inputs(), case.labels(), epochs=4, verbose=0)
-    for variable in model.trainable_weights:
-        if "up_kernel" in variable.path:
-            assert np.abs(variable.numpy()).max() > 0, variable.path
-    t5_decoding.assert_cached_decoding_matches(model)
-    t5_decoding.assert_changes_logits(model, case.build())
+    # Trained values, without the training (fitting T5 is checked in
+    # test_method_matrix): the adapters' up-projections leave zero, so the
+    # adapters act on every decoding step.
+    helpers.randomize_trainable(model, scale=0.3)
+    tokens = t5_decoding.assert_cached_decoding_matches(model)
+    t5_decoding.assert_changes_logits(model, case.build(), tokens)
 
     # Ejecting the prefix MLP keeps what the model computes.
     before = case.outputs(model)
