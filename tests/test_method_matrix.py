@@ -176,7 +176,7 @@ def test_save_load_round_trip_and_load_over_an_adapter(
 
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     total = sum(int(np.prod(v.shape)) for v in model.weights)
-    size = os.path.getsize(os.path.join(path, "adapter_weights.npz"))
+    size = os.path.getsize(os.path.join(path, "adapter_weights.safetensors"))
     # float32 values plus a small per-array header.
     assert (
         4 * trainable

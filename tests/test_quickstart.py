@@ -27,5 +27,5 @@ def test_quickstart_runs_offline_and_reloads(tmp_path):
     assert accuracy >= 0.8, result.stdout[-3000:]
     assert sorted(os.listdir(adapter)) == [
         "adapter_config.json",
-        "adapter_weights.npz",
+        "adapter_weights.safetensors",
     ]

@@ -8,6 +8,8 @@ import zipfile
 
 import keras
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 from keras_peft.core import architectures
 from keras_peft.core import config as config_lib
@@ -19,9 +21,12 @@ from keras_peft.core.atomic_dir import atomic_directory
 from keras_peft.version import __version__
 
 FORMAT = "keras-peft-adapter"
-FORMAT_VERSION = 1
+# Version 2: safetensors weights, variables matched by address. Version 1
+# (NumPy `.npz`, variables matched by position) is still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_weights.npz"
+WEIGHTS_FILE = "adapter_weights.safetensors"
 
 
 def _sha256(path):
@@ -73,10 +78,12 @@ def save_adapter(model, path):
     """Saves only what trains: adapter weights, trainable head, JSON config.
 
     Writes a directory with `adapter_config.json` (the method configs, the
-    architecture and the list of variables) and `adapter_weights.npz`. The
-    write is atomic: the directory is either the old one or the complete new
-    one, never half-written. A directory holding an older adapter is
-    replaced; any other existing path is refused.
+    architecture and the list of variables, each with its address in the
+    model) and `adapter_weights.safetensors` (plain tensors, readable on any
+    backend or without Keras). The write is atomic: the directory is either
+    the old one or the complete new one, never half-written. A directory
+    holding an older adapter is replaced; any other existing path is
+    refused.
 
     Args:
         model: a model keras-peft methods were applied to.
@@ -95,6 +102,7 @@ def save_adapter(model, path):
             "call `keras_peft.apply` first."
         )
     variables = [v for v in context.model.weights if v.trainable]
+    addresses = layer_tree.variable_addresses(context.model)
     arrays, entries = {}, []
     for index, variable in enumerate(variables):
         key = f"v{index:04d}"
@@ -102,6 +110,7 @@ def save_adapter(model, path):
         entries.append(
             {
                 "key": key,
+                "address": addresses[id(variable)],
                 "path": variable.path,
                 "shape": list(variable.shape),
                 "dtype": str(variable.dtype),
@@ -110,7 +119,7 @@ def save_adapter(model, path):
     with atomic_directory(path, _may_replace) as tmp:
         weights_path = os.path.join(tmp, WEIGHTS_FILE)
         with open(weights_path, "wb") as f:
-            np.savez(f, **arrays)
+            f.write(safetensors.numpy.save(arrays))
         document = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -131,12 +140,16 @@ def save_adapter(model, path):
             f.write("\n")
 
 
+def _stored_dtype(dtype):
+    """The dtype a variable of `dtype` is stored as: floats (bfloat16 has no
+    portable NumPy dtype) as float32, which holds each exactly."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return "float32" if "float" in dtype else dtype
+
+
 def _to_numpy(variable):
     value = np.asarray(keras.ops.convert_to_numpy(variable.value))
-    # bfloat16 has no portable NumPy dtype; float32 holds it exactly.
-    if value.dtype.kind not in "biu":
-        value = value.astype("float32")
-    return value
+    return value.astype(_stored_dtype(variable.dtype))
 
 
 class _Bundle:
@@ -164,10 +177,11 @@ def _read_bundle(path):
         fail(f"{CONFIG_FILE} is corrupted ({e}).")
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         fail(f"{CONFIG_FILE} is not a keras-peft adapter config.")
-    if document.get("format_version") != FORMAT_VERSION:
+    version = document.get("format_version")
+    if version not in READABLE_VERSIONS:
         fail(
-            f"format version {document.get('format_version')!r} is not "
-            f"supported (this keras-peft reads version {FORMAT_VERSION})."
+            f"format version {version!r} is not supported (this keras-peft "
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))})."
         )
     expected_types = {
         "architecture": str,
@@ -190,8 +204,19 @@ def _read_bundle(path):
             and isinstance(entry.get("path"), str)
             and isinstance(entry.get("shape"), list)
             and all(isinstance(n, int) for n in entry["shape"])
+            and (
+                version == 1
+                or (
+                    isinstance(entry.get("address"), str)
+                    and isinstance(entry.get("dtype"), str)
+                )
+            )
         ):
             fail(f"{CONFIG_FILE} is corrupted: bad variable entry {entry!r}.")
+    if version > 1:
+        addresses = [entry["address"] for entry in document["variables"]]
+        if len(set(addresses)) != len(addresses):
+            fail(f"{CONFIG_FILE} is corrupted: a variable address repeats.")
 
     weights_name = os.path.basename(document["weights_file"])
     weights_path = os.path.join(path, weights_name)
@@ -199,15 +224,24 @@ def _read_bundle(path):
         fail(f"missing {weights_name}.")
     if _sha256(weights_path) != document["weights_sha256"]:
         fail(f"{weights_name} is corrupted (checksum mismatch).")
-    try:
-        with np.load(weights_path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        fail(f"{weights_name} is corrupted ({e}).")
+    arrays = _read_arrays(weights_path, version, fail)
     for entry in document["variables"]:
         array = arrays.get(entry["key"])
         if array is None or list(array.shape) != entry["shape"]:
             fail(f"weights of {entry['path']!r} are missing or malformed.")
+        if version > 1:
+            try:
+                expected = _stored_dtype(entry["dtype"])
+            except ValueError:
+                fail(
+                    f"{entry['path']!r} has an unknown dtype "
+                    f"{entry['dtype']!r}."
+                )
+            if str(array.dtype) != expected:
+                fail(
+                    f"weights of {entry['path']!r} are {array.dtype}, but a "
+                    f"{entry['dtype']} variable is stored as {expected}."
+                )
 
     configs = []
     for data in document["configs"]:
@@ -218,6 +252,22 @@ def _read_bundle(path):
     if not configs:
         fail("it holds no method config.")
     return _Bundle(document, arrays, tuple(configs))
+
+
+def _read_arrays(weights_path, version, fail):
+    """The named arrays of a weights file; never unpickles or runs code."""
+    name = os.path.basename(weights_path)
+    if version == 1:
+        try:
+            with np.load(weights_path, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+            fail(f"{name} is corrupted ({e}).")
+    try:
+        with open(weights_path, "rb") as f:
+            return safetensors.numpy.load(f.read())
+    except (OSError, ValueError, safetensors.SafetensorError) as e:
+        fail(f"{name} is corrupted ({e}).")
 
 
 def _describe_signature(signature):
@@ -272,9 +322,11 @@ def load_adapter(model, path):
     if applied == bundle.configs:
         plan = None
         variables = [v for v in context.model.weights if v.trainable]
+        addresses = layer_tree.variable_addresses(context.model)
     elif not applied:
         plan = injection.plan(context.model, bundle.configs, initialize=False)
         variables = plan.trainable_variables_after()
+        addresses = plan.variable_addresses_after()
     else:
         mismatch = _describe_config_mismatch(bundle.configs, applied)
         raise ValueError(
@@ -284,7 +336,14 @@ def load_adapter(model, path):
         )
 
     try:
-        pairs = _match(path, document["variables"], variables, bundle.arrays)
+        if document["format_version"] == 1:
+            pairs = _match_in_order(
+                path, document["variables"], variables, bundle.arrays
+            )
+        else:
+            pairs = _match_by_address(
+                path, document["variables"], variables, addresses, bundle.arrays
+            )
     except BaseException:
         if plan is not None:
             plan.abandon()
@@ -319,8 +378,47 @@ def _describe_config_mismatch(saved, applied):
     return "; ".join(parts)
 
 
-def _match(path, entries, variables, arrays):
-    """Pairs saved entries with model variables, checking shapes and paths."""
+def _match_by_address(path, entries, variables, addresses, arrays):
+    """Pairs saved entries with model variables by their addresses in the
+    model, checking that both hold the same set, shapes and dtypes."""
+    saved = {entry["address"]: entry for entry in entries}
+    current = {addresses[id(v)]: v for v in variables}
+    only_saved = sorted(set(saved) - set(current))
+    only_current = sorted(set(current) - set(saved))
+    if only_saved or only_current:
+        raise ValueError(
+            f"Cannot load adapter {path!r}: its variables are not the "
+            f"model's trainable variables. Only in the file: "
+            f"{_first(only_saved)}; only in the model: {_first(only_current)}."
+        )
+    pairs = []
+    for address, variable in current.items():
+        entry = saved[address]
+        if tuple(entry["shape"]) != tuple(variable.shape):
+            raise ValueError(
+                f"Cannot load adapter {path!r}: variable {address!r} has "
+                f"shape {tuple(entry['shape'])} in the file but "
+                f"{tuple(variable.shape)} in the model."
+            )
+        if _stored_dtype(entry["dtype"]) != _stored_dtype(variable.dtype):
+            raise ValueError(
+                f"Cannot load adapter {path!r}: variable {address!r} is "
+                f"{entry['dtype']} in the file but {variable.dtype} in the "
+                "model."
+            )
+        pairs.append((variable, arrays[entry["key"]]))
+    return pairs
+
+
+def _first(names, count=5):
+    if len(names) <= count:
+        return names
+    return f"{names[:count]} and {len(names) - count} more"
+
+
+def _match_in_order(path, entries, variables, arrays):
+    """Pairs the entries of a version-1 bundle with model variables by
+    position, checking shapes and (loosely) paths."""
     if len(entries) != len(variables):
         saved = {_normalized(e["path"]) for e in entries}
         have = {_normalized(v.path) for v in variables}

@@ -87,6 +87,12 @@ class Plan:
             if (id(v) in keep if id(v) in backbone_ids else v.trainable)
         ]
 
+    def variable_addresses_after(self):
+        """`layer_tree.variable_addresses` of the model, once installed."""
+        return layer_tree.variable_addresses(
+            self.context.model, self._replacement_map
+        )
+
     def install(self):
         """Swaps the new layers in and freezes the base. Cannot fail midway:
         everything it relies on was checked while planning."""

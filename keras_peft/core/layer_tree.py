@@ -1,5 +1,7 @@
 """Walking a model's tree of layers."""
 
+import re
+
 import keras
 
 
@@ -75,3 +77,74 @@ def layers_in_order(root, replacements=None):
 
     visit(root, dict(replacements))
     return found
+
+
+def _snake_case(name):
+    """A class name as Keras turns it into a default layer name."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _default_name_stem(layer):
+    """The stem of the name Keras gives `layer` when none is passed, or
+    `None` when `layer` carries a name of its own.
+
+    A wrapper takes the name of the layer it holds, so the class that named
+    it is the innermost held layer's.
+    """
+    named = layer
+    while getattr(named, "wrapped_layer", None) is not None:
+        named = named.wrapped_layer
+    stem = _snake_case(type(named).__name__)
+    if re.fullmatch(rf"{re.escape(stem)}(_\d+)?", layer.name):
+        return stem
+    return None
+
+
+def variable_addresses(root, replacements=None):
+    """Maps `id(variable)` to an address of the variable under `root`.
+
+    The address is the chain of layer names from `root` (excluded) down to
+    the layer that owns the variable, then the variable's name:
+    `"bert_backbone[0]/transformer_layer_10/self_attention_layer/query/lora_a"`.
+    A layer named by Keras' default (`dense`, `dense_7`: a process-wide
+    counter, different in every instance of a model) is addressed by its
+    class and its rank among such siblings (`dense[1]`), so two instances of
+    one model give the same addresses, whatever else was built before
+    them, while names that differ only in a number (`transformer_layer_1`,
+    `transformer_layer_10`) stay apart.
+
+    Args:
+        root: the model.
+        replacements: optional dict from `id(old_layer)` to the new layer,
+            as in `layers_in_order`.
+    """
+    replacements = replacements or {}
+    addresses, seen = {}, set()
+
+    def visit(layer, prefix, pending):
+        if id(layer) in pending:
+            new = pending[id(layer)]
+            pending = {k: v for k, v in pending.items() if k != id(layer)}
+            layer = new
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        for variable in (
+            layer._trainable_variables + layer._non_trainable_variables
+        ):
+            addresses.setdefault(id(variable), prefix + variable.name)
+        children = [pending.get(id(child), child) for child in layer._layers]
+        ranks = {}
+        for original, child in zip(layer._layers, children):
+            stem = _default_name_stem(child)
+            if stem is None:
+                name = child.name
+            else:
+                name = f"{stem}[{ranks.get(stem, 0)}]"
+                ranks[stem] = ranks.get(stem, 0) + 1
+            visit(original, f"{prefix}{name}/", pending)
+
+    visit(root, "", dict(replacements))
+    return addresses

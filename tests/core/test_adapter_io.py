@@ -12,6 +12,7 @@ from keras_peft.core import adapter_io
 from tests import helpers
 
 CASE = helpers.MODEL_CASES["bert_classifier"]
+WEIGHTS = "adapter_weights.safetensors"
 
 
 @pytest.fixture
@@ -43,9 +44,15 @@ def test_bundle_holds_config_and_variable_list(saved):
     paths = [entry["path"] for entry in document["variables"]]
     assert paths[0] == "transformer_layer_0/self_attention_layer/query/lora_a"
     assert paths[-2:] == ["logits/kernel", "logits/bias"]
+    addresses = [entry["address"] for entry in document["variables"]]
+    # The backbone has Keras' default name: addressed by class and rank.
+    assert addresses[0] == (
+        "bert_backbone[0]/transformer_layer_0/self_attention_layer/query/lora_a"
+    )
+    assert addresses[-2:] == ["logits/kernel", "logits/bias"]
     assert sorted(os.listdir(saved)) == [
         "adapter_config.json",
-        "adapter_weights.npz",
+        "adapter_weights.safetensors",
     ]
 
 
@@ -60,7 +67,7 @@ def test_corrupted_config(saved):
 
 
 def test_corrupted_weights(saved):
-    weights = os.path.join(saved, "adapter_weights.npz")
+    weights = os.path.join(saved, WEIGHTS)
     data = bytearray(open(weights, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(weights, "wb").write(bytes(data))
@@ -68,7 +75,7 @@ def test_corrupted_weights(saved):
 
 
 def test_truncated_weights_with_matching_checksum(saved):
-    weights = os.path.join(saved, "adapter_weights.npz")
+    weights = os.path.join(saved, WEIGHTS)
     open(weights, "wb").write(open(weights, "rb").read()[:100])
     config_path = os.path.join(saved, "adapter_config.json")
     document = json.load(open(config_path))
@@ -152,7 +159,7 @@ def test_crash_while_writing_leaves_previous_adapter_intact(
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(adapter_io.np, "savez", crash)
+    monkeypatch.setattr(adapter_io.safetensors.numpy, "save", crash)
     with pytest.raises(OSError, match="disk full"):
         keras_peft.save_adapter(model, saved)
     monkeypatch.undo()

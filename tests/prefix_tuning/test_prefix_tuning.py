@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import safetensors.numpy
 
 import keras_peft
 from keras_peft.layers import PrefixAttention
@@ -140,8 +141,10 @@ def test_eject_keeps_outputs_and_counts_only_the_prefix(case_name, tmp_path):
 
     path = os.path.join(tmp_path, "adapter")
     keras_peft.save_adapter(model, path)
-    with np.load(os.path.join(path, "adapter_weights.npz")) as saved:
-        sizes = sorted(int(np.prod(saved[k].shape)) for k in saved.files)
+    saved = safetensors.numpy.load_file(
+        os.path.join(path, "adapter_weights.safetensors")
+    )
+    sizes = sorted(int(np.prod(array.shape)) for array in saved.values())
     per_layer = (
         LENGTH
         * (helpers.BERT if case.architecture == "bert" else helpers.T5)[
