@@ -12,6 +12,7 @@ from keras_peft.core import composition
 from keras_peft.core import config as config_lib
 from keras_peft.core import freezing
 from keras_peft.core import layer_tree
+from keras_peft.core import model_saving
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core import tf_distribute
@@ -109,6 +110,7 @@ class Plan:
             )
         freezing.set_backbone_trainable(self.context.backbone, keep)
         state_lib.set_state(self.context.backbone, state)
+        model_saving.track(self.context.backbone)
         surgery.forget_compiled_functions(self.context.model)
 
     def abandon(self):
@@ -224,6 +226,7 @@ def remove_method(model, method_name, layer_fn):
     if not kept:
         freezing.restore_trainable(state.original_trainable)
         state_lib.set_state(context.backbone, None)
+        model_saving.track(context.backbone)
         return
     state = state_lib.PeftState(
         tuple(c for c, _ in kept),
@@ -247,6 +250,7 @@ def record_state(backbone, state):
         freezing.trainable_ids(adapters, state.trainable_base_variables),
     )
     state_lib.set_state(backbone, state)
+    model_saving.track(backbone)
 
 
 def applied_configs(model):

@@ -1,0 +1,125 @@
+"""Whole-model saving: `model.save("task.keras")` of an applied model.
+
+keras-hub rebuilds a backbone from its constructor arguments, so a saved
+config says nothing of the layers keras-peft swapped in, and the weights
+file then holds variables (LoRA's `A` and `B`, prompts, adapters) that the
+rebuilt model has no place for. While a method is applied, the backbone's
+class is therefore a registered keras-peft subclass of its keras-hub class,
+with the same name (the weights file's layer paths and adapter bundles name
+the class). Its `get_config` adds the applied configs, and its `from_config`
+builds the keras-hub backbone and applies them again, before Keras loads
+any weight. The record is plain JSON and its configs come back through
+`config_from_dict`: loading runs no code, and works with `safe_mode=True`.
+Removing the last method gives the backbone its keras-hub class back.
+
+Only a backbone of exactly an architecture's keras-hub class is swapped: a
+user's own subclass keeps its class (its `.keras` files cannot carry the
+adapters; `save_adapter` can).
+"""
+
+import keras
+
+from keras_peft.core import architectures
+from keras_peft.core import config as config_lib
+from keras_peft.core import layer_tree
+from keras_peft.core import state as state_lib
+
+RECORD_KEY = "keras_peft"
+RECORD_VERSION = 1
+
+_PEFT_CLASS = {}  # keras-hub backbone class -> its keras-peft subclass
+_BASE_CLASS = {}  # keras-peft subclass -> its keras-hub backbone class
+
+
+def _merged_lora_indices(backbone):
+    from keras_peft.layers.lora_dense import LoRADense
+
+    layers = [
+        layer
+        for layer, _ in layer_tree.iter_layers(backbone)
+        if isinstance(layer, LoRADense)
+    ]
+    return layers, [i for i, layer in enumerate(layers) if layer.merged]
+
+
+def _record(backbone):
+    state = state_lib.get_state(backbone)
+    _, merged = _merged_lora_indices(backbone)
+    return {
+        "format_version": RECORD_VERSION,
+        "configs": [config.to_dict() for config in state.configs],
+        "merged_lora": merged,
+    }
+
+
+def _restore(base, config):
+    from keras_peft.core import injection
+
+    config = dict(config)
+    record = config.pop(RECORD_KEY, None)
+    backbone = base.from_config(config)
+    if record is None:
+        return backbone
+    if (
+        not isinstance(record, dict)
+        or record.get("format_version") != RECORD_VERSION
+    ):
+        raise ValueError(
+            f"Cannot rebuild {base.__name__}: its {RECORD_KEY!r} record "
+            f"{record!r} is not a version-{RECORD_VERSION} keras-peft record "
+            "(saved by another keras-peft version?)."
+        )
+    configs = tuple(config_lib.config_from_dict(c) for c in record["configs"])
+    # The weights file supplies every value: no initialization from data.
+    injection.plan(backbone, configs, initialize=False).install()
+    layers, _ = _merged_lora_indices(backbone)
+    for index in record.get("merged_lora", ()):
+        if not 0 <= index < len(layers):
+            raise ValueError(
+                f"Cannot rebuild {base.__name__}: merged LoRA layer {index} "
+                f"of {len(layers)}."
+            )
+        # The saved kernel already holds the update.
+        layers[index].merged = True
+    return backbone
+
+
+def _peft_class(base):
+    def get_config(self):
+        config = base.get_config(self)
+        config[RECORD_KEY] = _record(self)
+        return config
+
+    def from_config(cls, config):
+        return _restore(base, config)
+
+    cls = type(
+        base.__name__,
+        (base,),
+        {
+            "__module__": __name__,
+            "__doc__": f"A {base.__name__} with keras-peft methods applied.",
+            "get_config": get_config,
+            "from_config": classmethod(from_config),
+        },
+    )
+    return keras.saving.register_keras_serializable(
+        package="keras_peft", name=f"Peft{base.__name__}"
+    )(cls)
+
+
+for _architecture in architectures.ARCHITECTURES:
+    _base = _architecture.backbone_class
+    _PEFT_CLASS[_base] = _peft_class(_base)
+    _BASE_CLASS[_PEFT_CLASS[_base]] = _base
+
+
+def track(backbone):
+    """Gives `backbone` the class that saves what is applied to it, or its
+    keras-hub class back when nothing is; called whenever the record of
+    what is applied changes."""
+    base = _BASE_CLASS.get(type(backbone), type(backbone))
+    if base not in _PEFT_CLASS:
+        return  # a user's subclass: left as it is
+    applied = state_lib.get_state(backbone) is not None
+    backbone.__class__ = _PEFT_CLASS[base] if applied else base

@@ -1,0 +1,141 @@
+"""`model.save("m.keras")` and `keras.models.load_model` of applied models."""
+
+import json
+import os
+import zipfile
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+
+import keras_peft
+from tests import helpers
+
+# Every method on the classifier; every method at once on each other model
+# (a T5 model takes seconds to build, and loading builds it again).
+CASES = [
+    ("bert_classifier", method)
+    for method in sorted(helpers.METHOD_CASES)
+    if "bert" in helpers.METHOD_CASES[method].architectures
+] + [
+    ("bert_masked_lm", "all_methods_and_bitfit"),
+    ("bert_backbone", "all_methods_and_bitfit"),
+    ("t5_backbone", "all_methods"),
+    ("t5_seq2seq", "all_methods"),
+]
+
+
+def _applied(model_name, method_name):
+    case = helpers.MODEL_CASES[model_name]
+    model = case.build()
+    keras_peft.apply(model, helpers.METHOD_CASES[method_name].config(case))
+    # Off their initial values, so that the round trip proves they travel.
+    helpers.randomize_trainable(model, scale=0.3)
+    return case, model
+
+
+def _saved_config(path):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("config.json"))
+
+
+def _backbone_config(document):
+    if document["class_name"].endswith("Backbone"):
+        return document
+    return document["config"]["backbone"]
+
+
+@pytest.mark.parametrize("model_name,method_name", CASES)
+def test_keras_file_round_trip(model_name, method_name, tmp_path):
+    case, model = _applied(model_name, method_name)
+    expected = case.outputs(model)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    backbone = _backbone_config(_saved_config(path))
+    assert backbone["registered_name"].startswith("keras_peft>Peft")
+    assert backbone["config"]["keras_peft"]["configs"] == [
+        config.to_dict() for config in keras_peft.applied_configs(model)
+    ]
+
+    # safe_mode=True is load_model's default: nothing runs code on load.
+    loaded = keras.models.load_model(path)
+    # Exact: the same ops run on the same values.
+    helpers.assert_outputs_equal(case.outputs(loaded), expected)
+    assert keras_peft.applied_configs(loaded) == keras_peft.applied_configs(
+        model
+    )
+    assert [v.trainable for v in loaded.weights] == [
+        v.trainable for v in model.weights
+    ]
+    assert (
+        type(case.backbone(loaded)).__name__
+        == type(case.backbone(model)).__name__
+    )
+
+
+def test_fit_continues_after_loading(tmp_path):
+    case, model = _applied("bert_classifier", "lora")
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    loaded.compile(optimizer=keras.optimizers.Adam(0.05), loss=case.loss)
+    trainable = {id(v) for v in loaded.trainable_weights}
+    before = [np.array(v.numpy()) for v in loaded.weights]
+    loaded.fit(case.inputs(), case.labels(), epochs=2, verbose=0)
+    for variable, old in zip(loaded.weights, before):
+        if id(variable) in trainable:
+            assert not np.array_equal(variable.numpy(), old), variable.path
+        else:
+            # Exact: a frozen weight is never written.
+            np.testing.assert_array_equal(variable.numpy(), old)
+
+
+def test_merged_lora_round_trips_merged(tmp_path):
+    case, model = _applied("bert_classifier", "lora")
+    unmerged = case.outputs(model)
+    keras_peft.merge_lora(model)
+    expected = case.outputs(model)
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    # Exact: the merged kernels are loaded as they were saved.
+    helpers.assert_outputs_equal(case.outputs(loaded), expected)
+    lora_layers = [
+        layer
+        for layer in loaded._flatten_layers()
+        if isinstance(layer, keras_peft.layers.LoRADense)
+    ]
+    assert len(lora_layers) == 4 and all(x.merged for x in lora_layers)
+    keras_peft.unmerge_lora(loaded)
+    # Close: the update is subtracted from the merged kernel (the kernel
+    # before merging is not in the file), rounding differently.
+    helpers.assert_outputs_close(case.outputs(loaded), unmerged)
+
+
+def test_removing_every_method_gives_back_the_keras_hub_class(tmp_path):
+    case, model = _applied("bert_classifier", "lora")
+    keras_peft.merge_lora(model, unload=True)
+    assert type(model.backbone) is keras_hub.models.BertBackbone
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    backbone = _backbone_config(_saved_config(path))
+    assert backbone["registered_name"] == "keras_hub>BertBackbone"
+    assert "keras_peft" not in backbone["config"]
+
+
+def test_record_of_another_version_is_refused(tmp_path):
+    _, model = _applied("bert_backbone", "lora")
+    path = os.path.join(tmp_path, "model.keras")
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    document = json.loads(files["config.json"])
+    document["config"]["keras_peft"]["format_version"] = 99
+    files["config.json"] = json.dumps(document).encode()
+    edited = os.path.join(tmp_path, "edited.keras")
+    with zipfile.ZipFile(edited, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match="not a version-1 keras-peft record"):
+        keras.models.load_model(edited)
