@@ -110,7 +110,7 @@ class Plan:
             )
         freezing.set_backbone_trainable(self.context.backbone, keep)
         state_lib.set_state(self.context.backbone, state)
-        model_saving.track(self.context.backbone)
+        model_saving.track(self.context.backbone, self.context.model)
         surgery.forget_compiled_functions(self.context.model)
 
     def abandon(self):
@@ -226,7 +226,7 @@ def remove_method(model, method_name, layer_fn):
     if not kept:
         freezing.restore_trainable(state.original_trainable)
         state_lib.set_state(context.backbone, None)
-        model_saving.track(context.backbone)
+        model_saving.track(context.backbone, context.model)
         return
     state = state_lib.PeftState(
         tuple(c for c, _ in kept),

@@ -15,9 +15,16 @@ Removing the last method gives the backbone its keras-hub class back.
 Only a backbone of exactly an architecture's keras-hub class is swapped: a
 user's own subclass keeps its class (its `.keras` files cannot carry the
 adapters; `save_adapter` can).
+
+keras-hub presets (`save_to_preset` / `from_preset`) go through the same
+config. For a task preset, `Task.from_preset` looks for a registered task
+class whose `backbone_cls` is the preset's backbone class; so each keras-hub
+task class on a supported backbone gets a registered twin here whose
+`backbone_cls` is the keras-peft backbone class.
 """
 
 import keras
+import keras_hub
 
 from keras_peft.core import architectures
 from keras_peft.core import config as config_lib
@@ -114,12 +121,57 @@ for _architecture in architectures.ARCHITECTURES:
     _BASE_CLASS[_PEFT_CLASS[_base]] = _base
 
 
-def track(backbone):
-    """Gives `backbone` the class that saves what is applied to it, or its
-    keras-hub class back when nothing is; called whenever the record of
-    what is applied changes."""
-    base = _BASE_CLASS.get(type(backbone), type(backbone))
-    if base not in _PEFT_CLASS:
-        return  # a user's subclass: left as it is
+def _keras_hub_tasks():
+    """keras-hub's registered task classes, one per class."""
+    found = {
+        obj
+        for obj in keras.saving.get_custom_objects().values()
+        if isinstance(obj, type)
+        and issubclass(obj, keras_hub.models.Task)
+        and obj.__module__.startswith("keras_hub.")
+    }
+    return sorted(found, key=lambda cls: cls.__module__ + cls.__name__)
+
+
+def _peft_task_class(task):
+    # Only for keras-hub's preset loading: `Task.from_preset` looks for a
+    # registered task class whose `backbone_cls` is the preset's backbone
+    # class, which for an applied model is the keras-peft one.
+    cls = type(
+        task.__name__,
+        (task,),
+        {
+            "__module__": __name__,
+            "__doc__": f"A {task.__name__} on a backbone with keras-peft "
+            "methods applied (what `from_preset` of its preset builds).",
+            "backbone_cls": _PEFT_CLASS[task.backbone_cls],
+        },
+    )
+    return keras.saving.register_keras_serializable(
+        package="keras_peft", name=f"Peft{task.__name__}"
+    )(cls)
+
+
+for _task in _keras_hub_tasks():
+    if getattr(_task, "backbone_cls", None) in _BASE_CLASS.values():
+        _PEFT_CLASS[_task] = _peft_task_class(_task)
+        _BASE_CLASS[_PEFT_CLASS[_task]] = _task
+
+
+def track(backbone, model=None):
+    """Gives `backbone` (and `model`, a task around it) the classes that save
+    what is applied, or their keras-hub classes back when nothing is;
+    called whenever the record of what is applied changes.
+
+    Args:
+        backbone: the backbone whose applied state changed.
+        model: optional. The task the methods were applied through.
+    """
     applied = state_lib.get_state(backbone) is not None
-    backbone.__class__ = _PEFT_CLASS[base] if applied else base
+    for layer in (backbone, model):
+        if layer is None:
+            continue
+        base = _BASE_CLASS.get(type(layer), type(layer))
+        if base not in _PEFT_CLASS:
+            continue  # a user's subclass, or a task of no supported backbone
+        layer.__class__ = _PEFT_CLASS[base] if applied else base

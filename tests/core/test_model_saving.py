@@ -138,3 +138,58 @@ def test_record_of_another_version_is_refused(tmp_path):
             archive.writestr(name, data)
     with pytest.raises(ValueError, match="not a version-1 keras-peft record"):
         keras.models.load_model(edited)
+
+
+@pytest.mark.parametrize(
+    "loader", [keras_hub.models.BertBackbone, keras_hub.models.Backbone]
+)
+def test_backbone_preset_round_trip(loader, tmp_path):
+    case, backbone = _applied("bert_backbone", "all_methods_and_bitfit")
+    expected = case.outputs(backbone)
+    preset = os.path.join(tmp_path, "preset")
+    backbone.save_to_preset(preset)
+    loaded = loader.from_preset(preset)
+    # Exact: the same ops run on the same values.
+    helpers.assert_outputs_equal(case.outputs(loaded), expected)
+    assert keras_peft.applied_configs(loaded) == keras_peft.applied_configs(
+        backbone
+    )
+
+
+def _classifier_with_preprocessor():
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+        f"w{i}" for i in range(helpers.BERT["vocabulary_size"] - 5)
+    ]
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        keras_hub.models.BertTokenizer(vocabulary=vocabulary),
+        sequence_length=8,
+    )
+    return keras_hub.models.BertTextClassifier(
+        helpers.MODEL_CASES["bert_backbone"].build(),
+        num_classes=helpers.NUM_CLASSES,
+        preprocessor=preprocessor,
+    )
+
+
+@pytest.mark.parametrize(
+    "loader",
+    [keras_hub.models.BertTextClassifier, keras_hub.models.TextClassifier],
+)
+def test_task_preset_round_trip(loader, tmp_path):
+    """A task preset (`task.json`, tokenizer, both weight files) of an
+    applied classifier loads back as the same applied classifier."""
+    model = _classifier_with_preprocessor()
+    keras_peft.apply(model, keras_peft.LoRAConfig(rank=2))
+    helpers.randomize_trainable(model, scale=0.3)
+    sentences = np.array(["w1 w2 w3", "w4 w5 w1 w7"])
+    expected = model.predict(sentences, verbose=0)
+    preset = os.path.join(tmp_path, "preset")
+    model.save_to_preset(preset)
+    loaded = loader.from_preset(preset)
+    # Exact: the same ops run on the same values.
+    outputs = loaded.predict(sentences, verbose=0)
+    np.testing.assert_array_equal(outputs, expected)
+    assert keras_peft.applied_configs(loaded) == keras_peft.applied_configs(
+        model
+    )
+    assert isinstance(loaded, keras_hub.models.BertTextClassifier)
