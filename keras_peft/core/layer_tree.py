@@ -93,12 +93,15 @@ def _default_name_stem(layer):
     A wrapper takes the name of the layer it holds, so the class that named
     it is the innermost held layer's.
     """
+    classes = [type(layer)]
     named = layer
     while getattr(named, "wrapped_layer", None) is not None:
         named = named.wrapped_layer
-    stem = _snake_case(type(named).__name__)
-    if re.fullmatch(rf"{re.escape(stem)}(_\d+)?", layer.name):
-        return stem
+        classes.append(type(named))
+    for cls in reversed(classes):
+        stem = _snake_case(cls.__name__)
+        if re.fullmatch(rf"{re.escape(stem)}(_\d+)?", layer.name):
+            return stem
     return None
 
 
@@ -119,9 +122,13 @@ def variable_addresses(root, replacements=None):
         root: the model.
         replacements: optional dict from `id(old_layer)` to the new layer,
             as in `layers_in_order`.
+
+    Raises:
+        ValueError: two variables get one address (sibling layers that
+            share a name).
     """
     replacements = replacements or {}
-    addresses, seen = {}, set()
+    addresses, seen, owners = {}, set(), {}
 
     def visit(layer, prefix, pending):
         if id(layer) in pending:
@@ -134,7 +141,18 @@ def variable_addresses(root, replacements=None):
         for variable in (
             layer._trainable_variables + layer._non_trainable_variables
         ):
-            addresses.setdefault(id(variable), prefix + variable.name)
+            if id(variable) in addresses:
+                continue
+            address = prefix + variable.name
+            if address in owners:
+                raise ValueError(
+                    f"Two variables of {root.name!r} have the address "
+                    f"{address!r} ({owners[address]!r} and "
+                    f"{variable.path!r}): sibling layers share a name. Give "
+                    "each layer a unique name."
+                )
+            owners[address] = variable.path
+            addresses[id(variable)] = address
         children = [pending.get(id(child), child) for child in layer._layers]
         ranks = {}
         for original, child in zip(layer._layers, children):

@@ -12,9 +12,9 @@ any weight. The record is plain JSON and its configs come back through
 `config_from_dict`: loading runs no code, and works with `safe_mode=True`.
 Removing the last method gives the backbone its keras-hub class back.
 
-Only a backbone of exactly an architecture's keras-hub class is swapped: a
-user's own subclass keeps its class (its `.keras` files cannot carry the
-adapters; `save_adapter` can).
+A user's own subclass of a supported backbone class cannot be rebuilt
+applied from its config; while methods are applied, saving it (`.keras`,
+presets) raises a `ValueError` that points to `save_adapter`.
 
 keras-hub presets (`save_to_preset` / `from_preset`) go through the same
 config. For a task preset, `Task.from_preset` looks for a registered task
@@ -76,11 +76,25 @@ def _restore(base, config):
             f"{record!r} is not a version-{RECORD_VERSION} keras-peft record "
             "(saved by another keras-peft version?)."
         )
-    configs = tuple(config_lib.config_from_dict(c) for c in record["configs"])
+    configs = record.get("configs")
+    merged = record.get("merged_lora", [])
+    if (
+        not isinstance(configs, list)
+        or not configs
+        or not all(isinstance(c, dict) for c in configs)
+        or not isinstance(merged, list)
+        or not all(type(i) is int for i in merged)
+    ):
+        raise ValueError(
+            f"Cannot rebuild {base.__name__}: its {RECORD_KEY!r} record is "
+            "corrupted (expected a non-empty list of method configs and a "
+            f"list of merged LoRA layer indices): {record!r}."
+        )
+    configs = tuple(config_lib.config_from_dict(c) for c in configs)
     # The weights file supplies every value: no initialization from data.
     injection.plan(backbone, configs, initialize=False).install()
     layers, _ = _merged_lora_indices(backbone)
-    for index in record.get("merged_lora", ()):
+    for index in merged:
         if not 0 <= index < len(layers):
             raise ValueError(
                 f"Cannot rebuild {base.__name__}: merged LoRA layer {index} "
@@ -115,6 +129,7 @@ def _peft_class(base):
     )(cls)
 
 
+_SUPPORTED = [a.backbone_class.__name__ for a in architectures.ARCHITECTURES]
 for _architecture in architectures.ARCHITECTURES:
     _base = _architecture.backbone_class
     _PEFT_CLASS[_base] = _peft_class(_base)
@@ -158,6 +173,31 @@ for _task in _keras_hub_tasks():
         _BASE_CLASS[_PEFT_CLASS[_task]] = _task
 
 
+def _unsaveable_class(base):
+    """A stand-in for a user's subclass of a supported backbone class: its
+    applied methods cannot be rebuilt from its config, so saving refuses
+    instead of writing a file that loads without them."""
+
+    def get_config(self):
+        raise ValueError(
+            f"Cannot save {base.__name__} {self.name!r} with keras-peft "
+            "methods applied: only keras-hub's own backbone classes "
+            f"({', '.join(_SUPPORTED)}) carry their methods "
+            "into a `.keras` file or a preset, not subclasses of them. Save "
+            "the methods with `keras_peft.save_adapter` instead, or remove "
+            "them first."
+        )
+
+    cls = type(
+        base.__name__,
+        (base,),
+        {"__module__": base.__module__, "get_config": get_config},
+    )
+    _PEFT_CLASS[base] = cls
+    _BASE_CLASS[cls] = base
+    return cls
+
+
 def track(backbone, model=None):
     """Gives `backbone` (and `model`, a task around it) the classes that save
     what is applied, or their keras-hub classes back when nothing is;
@@ -173,5 +213,7 @@ def track(backbone, model=None):
             continue
         base = _BASE_CLASS.get(type(layer), type(layer))
         if base not in _PEFT_CLASS:
-            continue  # a user's subclass, or a task of no supported backbone
+            if layer is not backbone:
+                continue  # a task class keras-hub does not register
+            _unsaveable_class(base)
         layer.__class__ = _PEFT_CLASS[base] if applied else base
