@@ -138,6 +138,21 @@ def test_a_subclass_of_a_keras_hub_backbone_refuses_to_save(tmp_path):
     assert type(model) is MyBert
 
 
+def _with_edited_record(path, edit):
+    """A copy of the `.keras` file at `path` whose keras-peft record
+    `edit(record)` changed; returns the copy's path."""
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    document = json.loads(files["config.json"])
+    edit(document["config"]["keras_peft"])
+    files["config.json"] = json.dumps(document).encode()
+    edited = os.path.join(os.path.dirname(path), "edited.keras")
+    with zipfile.ZipFile(edited, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return edited
+
+
 @pytest.mark.parametrize(
     "edit",
     [
@@ -151,15 +166,7 @@ def test_corrupted_record_is_refused(edit, tmp_path):
     _, model = _applied("bert_backbone", "lora")
     path = os.path.join(tmp_path, "model.keras")
     model.save(path)
-    with zipfile.ZipFile(path) as archive:
-        files = {name: archive.read(name) for name in archive.namelist()}
-    document = json.loads(files["config.json"])
-    edit(document["config"]["keras_peft"])
-    files["config.json"] = json.dumps(document).encode()
-    edited = os.path.join(tmp_path, "edited.keras")
-    with zipfile.ZipFile(edited, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
+    edited = _with_edited_record(path, edit)
     with pytest.raises(ValueError, match="record is corrupted"):
         keras.models.load_model(edited)
 
@@ -168,15 +175,9 @@ def test_record_of_another_version_is_refused(tmp_path):
     _, model = _applied("bert_backbone", "lora")
     path = os.path.join(tmp_path, "model.keras")
     model.save(path)
-    with zipfile.ZipFile(path) as archive:
-        files = {name: archive.read(name) for name in archive.namelist()}
-    document = json.loads(files["config.json"])
-    document["config"]["keras_peft"]["format_version"] = 99
-    files["config.json"] = json.dumps(document).encode()
-    edited = os.path.join(tmp_path, "edited.keras")
-    with zipfile.ZipFile(edited, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
+    edited = _with_edited_record(
+        path, lambda record: record.update(format_version=99)
+    )
     with pytest.raises(ValueError, match="not a version-1 keras-peft record"):
         keras.models.load_model(edited)
 
