@@ -12,6 +12,7 @@ from keras_peft.core.injection import apply
 from keras_peft.core.summary import TrainableSummary
 from keras_peft.core.summary import trainable_summary
 from keras_peft.core.summary import variable_groups
+from keras_peft.export import export_saved_model
 from keras_peft.lora import LoRAConfig
 from keras_peft.lora import merge_lora
 from keras_peft.lora import unmerge_lora

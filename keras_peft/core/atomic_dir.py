@@ -7,9 +7,10 @@ import tempfile
 
 
 def _fsync_tree(path):
-    for name in os.listdir(path):
-        with open(os.path.join(path, name), "rb") as f:
-            os.fsync(f.fileno())
+    for parent, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(parent, name), "rb") as f:
+                os.fsync(f.fileno())
 
 
 @contextlib.contextmanager

@@ -9,23 +9,35 @@ def _references(root, old):
     """Finds every place under `root` that refers to the layer `old`.
 
     Returns a list of `(kind, holder, key)` tuples: `"tracked"` (a parent's
-    tracked sub-layer list), `"attr"` (an attribute), `"item"` (an element of
-    a list or dict attribute) and `"node"` (the operation of a functional
-    graph node, or an entry of the functional's operation lists).
+    tracked sub-layer list), `"attr"` (an attribute), `"list"` (a layer's
+    list attribute `key` that holds `old`), `"item"` (an element of a dict
+    attribute, or of a list inside one) and `"node"` (the operation of a
+    functional graph node).
     """
     refs = []
     for layer, _ in layer_tree.iter_layers(root):
         if any(child is old for child in layer._layers):
             refs.append(("tracked", layer, None))
         for name, value in list(vars(layer).items()):
-            if name in ("_layers", "_operations", "_tracker"):
+            # `_self_unconditional_*`: TensorFlow's own record of tracked
+            # attributes, which it updates when the attribute is assigned
+            # below; edited here, one of its two records would disagree
+            # with the other and `tf.saved_model.save` miss the new layer.
+            if name in (
+                "_layers",
+                "_operations",
+                "_tracker",
+            ) or name.startswith("_self_unconditional"):
                 continue
             if value is old:
                 refs.append(("attr", layer, name))
-            elif isinstance(value, (list, tuple)):
+            elif isinstance(value, tuple):
                 for index, item in enumerate(value):
                     if item is old:
                         refs.append(("item", value, index))
+            elif isinstance(value, list):
+                if any(item is old for item in value):
+                    refs.append(("list", layer, name))
             elif isinstance(value, dict):
                 for key, item in value.items():
                     if item is old:
@@ -42,9 +54,8 @@ def _graph_references(functional, old):
         for node in nodes:
             if node.operation is old:
                 refs.append(("node", node, "operation"))
-    for index, operation in enumerate(functional._operations):
-        if operation is old:
-            refs.append(("item", functional._operations, index))
+    if any(operation is old for operation in functional._operations):
+        refs.append(("list", functional, "_operations"))
     for operations in functional._operations_by_depth.values():
         for index, operation in enumerate(operations):
             if operation is old:
@@ -102,6 +113,15 @@ def replace_layer(root, old, new, graph_of=None):
     for kind, holder, key in _selected_references(root, old, graph_of):
         if kind == "tracked":
             holder._tracker.replace_tracked_value("layers", old, new)
+        elif kind == "list":
+            # A new list, assigned as Keras assigns it: on TensorFlow, an
+            # element replaced in place marks the tracking list wrapper as
+            # edited, and `tf.saved_model.save` then refuses the model.
+            setattr(
+                holder,
+                key,
+                [new if item is old else item for item in getattr(holder, key)],
+            )
         elif kind == "item":
             holder[key] = new
         else:  # an attribute, or a functional node's `operation`

@@ -1,0 +1,80 @@
+"""Folding what can be folded into the base before serving."""
+
+import os
+import tempfile
+
+import keras
+
+from keras_peft.core import layer_tree
+from keras_peft.layers.lora_dense import LoRADense
+from keras_peft.layers.prefix_attention import PrefixAttention
+
+
+def _foldable(model):
+    """Whether `model` has LoRA layers or reparametrized prefixes."""
+    for layer, _ in layer_tree.iter_layers(model):
+        if isinstance(layer, LoRADense):
+            return True
+        if isinstance(layer, PrefixAttention) and layer.prefix_source:
+            return True
+    return False
+
+
+def copy_model(model):
+    """A copy of `model` with the same weights, through a `.keras` file.
+
+    Args:
+        model: a Keras model that `model.save` can write.
+
+    Returns:
+        The copy, not compiled.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "copy.keras")
+        try:
+            model.save(path)
+        except ValueError as error:
+            raise ValueError(
+                f"Cannot fold the adapters of this {type(model).__name__} "
+                "into a copy: the copy is made through a `.keras` file, and "
+                f"saving one failed ({error}). Export it as it is with "
+                "`merge=False`."
+            ) from error
+        copy = keras.saving.load_model(path, compile=False)
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is not None:
+        # The same preprocessor, not a copy: it holds no weights, and
+        # keras-hub's seq2seq preprocessors do not save their sequence
+        # lengths in their config.
+        copy.preprocessor = preprocessor
+    return copy
+
+
+def folded_copy(model):
+    """`model`, or a copy of it with LoRA merged in and prefix MLPs ejected.
+
+    The caller's model is never changed: when there is something to fold,
+    the folding happens on a copy.
+
+    Args:
+        model: a model keras-peft methods may have been applied to.
+
+    Returns:
+        `model` itself if nothing can be folded, else the folded copy.
+    """
+    from keras_peft.lora import merge_lora
+    from keras_peft.prefix_tuning import eject_prefix
+
+    if not _foldable(model):
+        return model
+    copy = copy_model(model)
+    layers = [layer for layer, _ in layer_tree.iter_layers(copy)]
+    if any(isinstance(layer, LoRADense) for layer in layers):
+        # Unloaded, not just merged: the export holds no `A` or `B`.
+        merge_lora(copy, unload=True)
+    if any(
+        isinstance(layer, PrefixAttention) and layer.prefix_source
+        for layer in layers
+    ):
+        eject_prefix(copy)
+    return copy

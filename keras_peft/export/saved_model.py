@@ -1,0 +1,131 @@
+"""`export_saved_model`: a TensorFlow SavedModel for serving.
+
+Imports TensorFlow only when called (`endpoints` is the TensorFlow-only
+part), so `import keras_peft` stays backend-neutral.
+"""
+
+import os
+
+import keras
+
+from keras_peft.core import atomic_dir
+from keras_peft.export import folding
+
+
+def _is_saved_model(path):
+    return os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def _may_replace(path):
+    if os.path.isdir(path) and (_is_saved_model(path) or not os.listdir(path)):
+        return True
+    raise ValueError(
+        f"Refusing to export to {path!r}: it exists and is not a SavedModel "
+        "directory (or an empty one). Choose a new path."
+    )
+
+
+def _check_arguments(model, directory, merge, include_preprocessor):
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "export_saved_model needs the TensorFlow backend; the Keras "
+            f"backend is {keras.backend.backend()!r}. Save the adapter with "
+            "`keras_peft.save_adapter` and export from a TensorFlow process."
+        )
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"export_saved_model expects a Keras model, got "
+            f"{type(model).__name__}."
+        )
+    if not model.built:
+        raise ValueError(
+            f"{type(model).__name__} is not built; call it on a batch first."
+        )
+    for name, value in (
+        ("merge", merge),
+        ("include_preprocessor", include_preprocessor),
+    ):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}.")
+    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(
+        directory
+    ):
+        raise TypeError(
+            f"directory must be a non-empty path, got {directory!r}."
+        )
+    if include_preprocessor:
+        from keras_peft.export import endpoints as endpoints_lib
+
+        endpoints_lib.check_preprocessor(model)
+    path = os.path.abspath(os.fspath(directory))
+    if os.path.exists(path):
+        _may_replace(path)
+
+
+def export_saved_model(
+    model, directory, merge=True, include_preprocessor=False
+):
+    """Writes a TensorFlow SavedModel that serves an applied model.
+
+    The caller's model is left as it was (an unbuilt preprocessor gets
+    built, as its first call would). With `merge=True`, LoRA updates
+    are folded into the base kernels and reparametrized prefixes replaced by
+    the prefixes they compute, in a copy of the model made for the export:
+    serving pays nothing for them, and the SavedModel holds no `A`, `B` or
+    prefix MLP. Prompts, prefixes, adapters and BitFit biases are exported
+    as they are.
+
+    Endpoints (`tf.saved_model.load(directory).serve(...)`, also the
+    `serving_default` signature for TF Serving):
+    - `serve`: the model's forward pass, `training=False`, on the model's
+      inputs (a dict of token ids and masks).
+    - `generate` (`Seq2SeqLM` tasks): greedy decoding of a dict of encoder
+      tokens and a decoder prompt padded to the length to generate; stops
+      at the tokenizer's end token if the model has a preprocessor.
+    With `include_preprocessor=True`, the endpoints take raw strings
+    instead: `serve(text)` for a text classifier, `serve({"encoder_text",
+    "decoder_text"})` and `generate(encoder_text)` (strings out) for a
+    seq2seq model. The tokenizer then runs in the SavedModel, using
+    TensorFlow Text ops: the serving process needs `import tensorflow_text`.
+
+    Loading needs only TensorFlow: neither keras, keras-hub nor keras-peft.
+
+    Args:
+        model: a keras-hub backbone or task (applied or not).
+        directory: str or path. Created, or replaced if it is a SavedModel.
+        merge: bool. Fold LoRA and reparametrized prefixes into the export.
+            Defaults to `True`.
+        include_preprocessor: bool. Serve raw strings through the task's
+            preprocessor. Defaults to `False`.
+
+    Example:
+    ```python
+    keras_peft.export_saved_model(classifier, "serving/sst2/1")
+    served = tf.saved_model.load("serving/sst2/1")
+    logits = served.serve(
+        {"token_ids": ids, "segment_ids": segments, "padding_mask": mask}
+    )
+    ```
+    """
+    _check_arguments(model, directory, merge, include_preprocessor)
+    from keras_peft.export import endpoints as endpoints_lib
+
+    if include_preprocessor and not model.preprocessor.built:
+        # As its first call would (tracing may leave `built` unset); it
+        # makes no weights.
+        model.preprocessor.build(None)
+    target = folding.folded_copy(model) if merge else model
+    archive = keras.export.ExportArchive()
+    archive.track(target)
+    with endpoints_lib.generation_tracing(target):
+        for name, fn, signature in endpoints_lib.endpoints(
+            target, include_preprocessor
+        ):
+            archive.add_endpoint(name, fn, input_signature=signature)
+        if include_preprocessor:
+            # Its lookup tables, if any, go along.
+            archive.track(target.preprocessor)
+        with atomic_dir.atomic_directory(
+            os.fspath(directory), may_replace=_may_replace
+        ) as tmp:
+            archive.write_out(tmp, verbose=False)
