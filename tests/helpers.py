@@ -565,3 +565,31 @@ BERT_VOCABULARY = (
 
 def bert_tokenizer():
     return keras_hub.models.BertTokenizer(vocabulary=BERT_VOCABULARY)
+
+
+T5_WORDS = "red green blue cat dog bird runs sleeps sings fast slow".split()
+
+
+def t5_sentences(count, seed, words=4):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(T5_WORDS, words)) for _ in range(count)]
+
+
+def t5_tokenizer():
+    """A `T5Tokenizer` over a word-level SentencePiece model trained here."""
+    import io
+
+    import sentencepiece
+
+    proto = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(t5_sentences(200, 0)),
+        model_writer=proto,
+        vocab_size=14,
+        model_type="word",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+    )
+    return keras_hub.models.T5Tokenizer(proto=proto.getvalue())

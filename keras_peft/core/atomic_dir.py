@@ -37,6 +37,11 @@ def atomic_directory(path, may_replace):
         prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent
     )
     try:
+        # `mkdtemp` makes it private (0700); the result should be readable
+        # as any new directory is (a server may run as another user).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         yield tmp
         _fsync_tree(tmp)
         old = None

@@ -110,23 +110,35 @@ def replace_layer(root, old, new, graph_of=None):
             reference, such as a tied output head's, on `old`.
     """
     check_replaceable(root, old, graph_of)
-    for kind, holder, key in _selected_references(root, old, graph_of):
+    refs = _selected_references(root, old, graph_of)
+    # Tracked sub-layer lists first: `new` is then tracked wherever `old`
+    # was, and assigning a list that holds it below tracks it nowhere again.
+    refs.sort(key=lambda ref: ref[0] != "tracked")
+    for kind, holder, key in refs:
         if kind == "tracked":
             holder._tracker.replace_tracked_value("layers", old, new)
         elif kind == "list":
-            # A new list, assigned as Keras assigns it: on TensorFlow, an
-            # element replaced in place marks the tracking list wrapper as
-            # edited, and `tf.saved_model.save` then refuses the model.
-            setattr(
-                holder,
-                key,
-                [new if item is old else item for item in getattr(holder, key)],
-            )
+            _replace_in_list(holder, key, old, new)
         elif kind == "item":
             holder[key] = new
         else:  # an attribute, or a functional node's `operation`
             setattr(holder, key, new)
     forget_compiled_functions(root)
+
+
+def _replace_in_list(holder, name, old, new):
+    items = getattr(holder, name)
+    if holder._tracker.is_in_store("layers", new):
+        # A new list, assigned as Keras assigns it: on TensorFlow, an
+        # element replaced in place marks the tracking list wrapper as
+        # edited, and `tf.saved_model.save` then refuses the model.
+        setattr(holder, name, [new if item is old else item for item in items])
+    else:
+        # A list of layers the holder does not own: assigning it would make
+        # the holder track `new`, so it is edited in place.
+        for index, item in enumerate(items):
+            if item is old:
+                items[index] = new
 
 
 def forget_compiled_functions(model):

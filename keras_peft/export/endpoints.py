@@ -19,6 +19,7 @@ def model_input_signature(model):
 
 
 def strings_spec(name):
+    """A batch of strings: `tf.string`, shape `[batch]`."""
     return tf.TensorSpec([None], tf.string, name=name)
 
 
@@ -62,18 +63,22 @@ def generation_tracing(model):
     if not isinstance(model, keras_hub.models.Seq2SeqLM):
         yield
         return
+    patches = {
+        "sampler": keras_hub.samplers.GreedySampler(),
+        "call_decoder_with_cache": _static_decoder_step(model),
+    }
     missing = object()
-    previous = vars(model).get("sampler", missing)
-    model.sampler = keras_hub.samplers.GreedySampler()
-    model.call_decoder_with_cache = _static_decoder_step(model)
+    saved = {name: vars(model).get(name, missing) for name in patches}
     try:
+        for name, value in patches.items():
+            setattr(model, name, value)
         yield
     finally:
-        del model.call_decoder_with_cache
-        if previous is missing:
-            del model.sampler
-        else:
-            model.sampler = previous
+        for name, value in saved.items():
+            if value is not missing:
+                setattr(model, name, value)
+            elif name in vars(model):
+                delattr(model, name)
 
 
 def stop_token_ids(model):
@@ -144,8 +149,11 @@ def endpoints(model, include_preprocessor):
 
 
 def check_preprocessor(model):
-    """Raises a `ValueError` unless `model` serves raw strings through its
-    preprocessor."""
+    """Raises a `ValueError` unless `model` can serve raw strings.
+
+    Args:
+        model: the model to export with its preprocessor.
+    """
     preprocessor = getattr(model, "preprocessor", None)
     if not isinstance(model, keras_hub.models.Task) or preprocessor is None:
         raise ValueError(

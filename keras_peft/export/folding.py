@@ -15,7 +15,10 @@ def _foldable(model):
     for layer, _ in layer_tree.iter_layers(model):
         if isinstance(layer, LoRADense):
             return True
-        if isinstance(layer, PrefixAttention) and layer.prefix_source:
+        if (
+            isinstance(layer, PrefixAttention)
+            and layer.prefix_source is not None
+        ):
             return True
     return False
 
@@ -33,14 +36,14 @@ def copy_model(model):
         path = os.path.join(tmp, "copy.keras")
         try:
             model.save(path)
-        except ValueError as error:
+            copy = keras.saving.load_model(path, compile=False)
+        except (ValueError, TypeError) as error:
             raise ValueError(
                 f"Cannot fold the adapters of this {type(model).__name__} "
                 "into a copy: the copy is made through a `.keras` file, and "
-                f"saving one failed ({error}). Export it as it is with "
-                "`merge=False`."
+                f"saving or loading it failed ({error}). Export the model as "
+                "it is with `merge=False`."
             ) from error
-        copy = keras.saving.load_model(path, compile=False)
     preprocessor = getattr(model, "preprocessor", None)
     if preprocessor is not None:
         # The same preprocessor, not a copy: it holds no weights, and
@@ -73,7 +76,7 @@ def folded_copy(model):
         # Unloaded, not just merged: the export holds no `A` or `B`.
         merge_lora(copy, unload=True)
     if any(
-        isinstance(layer, PrefixAttention) and layer.prefix_source
+        isinstance(layer, PrefixAttention) and layer.prefix_source is not None
         for layer in layers
     ):
         eject_prefix(copy)

@@ -7,6 +7,7 @@ part), so `import keras_peft` stays backend-neutral.
 import os
 
 import keras
+import keras_hub
 
 from keras_peft.core import atomic_dir
 from keras_peft.export import folding
@@ -32,9 +33,12 @@ def _check_arguments(model, directory, merge, include_preprocessor):
             f"backend is {keras.backend.backend()!r}. Save the adapter with "
             "`keras_peft.save_adapter` and export from a TensorFlow process."
         )
-    if not isinstance(model, keras.Model):
+    if not isinstance(
+        model, (keras_hub.models.Backbone, keras_hub.models.Task)
+    ):
         raise TypeError(
-            f"export_saved_model expects a Keras model, got "
+            "export_saved_model expects a keras-hub backbone or task (such "
+            "as BertTextClassifier, BertMaskedLM, T5Seq2SeqLM), got "
             f"{type(model).__name__}."
         )
     if not model.built:
@@ -47,18 +51,33 @@ def _check_arguments(model, directory, merge, include_preprocessor):
     ):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be True or False, got {value!r}.")
-    if not isinstance(directory, (str, os.PathLike)) or not os.fspath(
-        directory
-    ):
-        raise TypeError(
-            f"directory must be a non-empty path, got {directory!r}."
-        )
+    _check_directory(directory)
     if include_preprocessor:
         from keras_peft.export import endpoints as endpoints_lib
 
         endpoints_lib.check_preprocessor(model)
-    path = os.path.abspath(os.fspath(directory))
-    if os.path.exists(path):
+
+
+def _check_directory(directory):
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(
+            f"directory must be a str or path, got {type(directory).__name__}."
+        )
+    path = os.fspath(directory)
+    if not path:
+        raise ValueError("directory must be a non-empty path, got ''.")
+    if "://" in path:
+        raise ValueError(
+            f"directory must be a local path, got {path!r}: export locally, "
+            "then copy the directory (e.g. `gcloud storage cp -r`)."
+        )
+    path = os.path.realpath(path)
+    parent = os.path.dirname(path)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ValueError(
+            f"Cannot export to {path!r}: {parent!r} is a file, not a directory."
+        )
+    if os.path.lexists(path):
         _may_replace(path)
 
 
@@ -110,11 +129,11 @@ def export_saved_model(
     _check_arguments(model, directory, merge, include_preprocessor)
     from keras_peft.export import endpoints as endpoints_lib
 
-    if include_preprocessor and not model.preprocessor.built:
-        # As its first call would (tracing may leave `built` unset); it
-        # makes no weights.
-        model.preprocessor.build(None)
     target = folding.folded_copy(model) if merge else model
+    if include_preprocessor and not target.preprocessor.built:
+        # As its first call would (tracing may leave `built` unset); it
+        # makes no weights. (A copy shares the model's preprocessor.)
+        target.preprocessor.build(None)
     archive = keras.export.ExportArchive()
     archive.track(target)
     with endpoints_lib.generation_tracing(target):
@@ -126,6 +145,6 @@ def export_saved_model(
             # Its lookup tables, if any, go along.
             archive.track(target.preprocessor)
         with atomic_dir.atomic_directory(
-            os.fspath(directory), may_replace=_may_replace
+            os.path.realpath(os.fspath(directory)), may_replace=_may_replace
         ) as tmp:
             archive.write_out(tmp, verbose=False)

@@ -235,3 +235,43 @@ def test_task_preset_round_trip(loader, tmp_path):
         model
     )
     assert isinstance(loaded, keras_hub.models.BertTextClassifier)
+
+
+def test_seq2seq_task_preset_round_trip(tmp_path):
+    """A T5Seq2SeqLM preset (SentencePiece tokenizer, backbone and task
+    weights) of an applied model loads back applied, through keras-hub's
+    generic `Seq2SeqLM.from_preset`."""
+    tokenizer = helpers.t5_tokenizer()
+    preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(
+        tokenizer, encoder_sequence_length=8, decoder_sequence_length=6
+    )
+    backbone = keras_hub.models.T5Backbone(
+        **dict(helpers.T5, vocabulary_size=tokenizer.vocabulary_size())
+    )
+    model = keras_hub.models.T5Seq2SeqLM(backbone, preprocessor=preprocessor)
+    keras_peft.apply(
+        model,
+        [
+            keras_peft.LoRAConfig(rank=2),
+            keras_peft.PrefixTuningConfig(length=2, reparam=False),
+        ],
+    )
+    helpers.randomize_trainable(model, scale=0.3)
+    tokens = preprocessor(
+        {
+            "encoder_text": helpers.t5_sentences(2, 1),
+            "decoder_text": helpers.t5_sentences(2, 2),
+        }
+    )[0]
+    expected = keras.ops.convert_to_numpy(model(tokens, training=False))
+    preset = os.path.join(tmp_path, "preset")
+    model.save_to_preset(preset)
+    loaded = keras_hub.models.Seq2SeqLM.from_preset(preset)
+    assert isinstance(loaded, keras_hub.models.T5Seq2SeqLM)
+    # Exact: the same ops run on the same values.
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded(tokens, training=False)), expected
+    )
+    assert keras_peft.applied_configs(loaded) == keras_peft.applied_configs(
+        model
+    )

@@ -15,15 +15,14 @@ import pytest
 import tensorflow as tf
 
 import keras_peft
+from keras_peft.core import layer_tree
 from tests import helpers
 
-# Surgery is the same for every architecture; each method's holders show
-# on BERT.
 PAIRS = [
     ("bert_classifier", method)
     for method in sorted(helpers.METHOD_CASES)
     if "bert" in helpers.METHOD_CASES[method].architectures
-]
+] + [("t5_backbone", "all_methods")]  # T5 holds its layers otherwise
 
 
 class _SavedModelView(tf.train.TrackableView):
@@ -49,6 +48,10 @@ def test_every_variable_is_in_tensorflows_object_graph(model_name, method_name):
         if id(v) not in found and id(v.value) not in found
     ]
     assert missing == []
+    # Each layer owned once: a duplicate would survive a later swap back.
+    for layer, _ in layer_tree.iter_layers(model):
+        owned = [id(child) for child in layer._layers]
+        assert len(owned) == len(set(owned)), layer.path
 
 
 @pytest.mark.parametrize("method_name", ["prompt_tuning", "prefix_tuning"])
