@@ -131,13 +131,8 @@ def _inputs(batch, seq):
     }
 
 
-def _variable_count(path):
-    checkpoint = os.path.join(path, "variables", "variables")
-    return sum(
-        int(np.prod(shape))
-        for name, shape in tf.train.list_variables(checkpoint)
-        if name.endswith("VARIABLE_VALUE")
-    )
+def _parameter_count(loaded):
+    return sum(int(np.prod(v.shape)) for v in loaded.variables)
 
 
 def main():
@@ -155,7 +150,7 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         paths = _exports(directory, backbone)
         loaded = {name: tf.saved_model.load(p) for name, p in paths.items()}
-        sizes = {name: _variable_count(p) for name, p in paths.items()}
+        sizes = {name: _parameter_count(m) for name, m in loaded.items()}
         inputs = _inputs(args.batch, args.seq)
         for model in loaded.values():
             for _ in range(args.warmup):

@@ -147,12 +147,8 @@ def test_merge_false_exports_the_adapters_unfolded(tmp_path):
 
 
 def _variable_shapes(directory):
-    checkpoint = os.path.join(directory, "variables", "variables")
-    return sorted(
-        tuple(shape)
-        for name, shape in tf.train.list_variables(checkpoint)
-        if name.endswith("VARIABLE_VALUE")
-    )
+    loaded = tf.saved_model.load(directory)
+    return sorted(tuple(v.shape) for v in loaded.variables)
 
 
 def _variables_bytes(directory):
