@@ -1,39 +1,18 @@
 """LoRA on a T5Seq2SeqLM that has a preprocessor: fit and generate on text."""
 
-import io
-
 import keras
 import keras_hub
-import numpy as np
 import pytest
 
 import keras_peft
 from tests import helpers
 
-spm = pytest.importorskip("sentencepiece")
-
-WORDS = "red green blue cat dog bird runs sleeps sings fast slow".split()
-
-
-def _sentences(count, seed):
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, 5)) for _ in range(count)]
+pytest.importorskip("sentencepiece")
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_sentences(200, 0)),
-        model_writer=proto,
-        vocab_size=14,
-        model_type="word",
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-    )
-    return keras_hub.models.T5Tokenizer(proto=proto.getvalue())
+    return helpers.t5_tokenizer()
 
 
 def test_fit_and_generate_text(tokenizer):
@@ -46,7 +25,7 @@ def test_fit_and_generate_text(tokenizer):
     model = keras_hub.models.T5Seq2SeqLM(backbone, preprocessor=preprocessor)
     keras_peft.apply(model, keras_peft.LoRAConfig(rank=4, alpha=8))
     model.compile(optimizer=keras.optimizers.Adam(0.05), sampler="greedy")
-    sources = _sentences(16, 1)
+    sources = helpers.t5_sentences(16, 1, words=5)
     # The task: copy the source sentence.
     data = {"encoder_text": sources, "decoder_text": sources}
     history = model.fit(x=data, batch_size=8, epochs=6, verbose=0)
