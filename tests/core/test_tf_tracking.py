@@ -18,11 +18,15 @@ import keras_peft
 from keras_peft.core import layer_tree
 from tests import helpers
 
+# Every method at once puts each method's layers in the model (the
+# reparametrized prefix among them); the direct prefix owns its variables
+# itself. T5 holds its layers otherwise than BERT.
 PAIRS = [
-    ("bert_classifier", method)
-    for method in sorted(helpers.METHOD_CASES)
-    if "bert" in helpers.METHOD_CASES[method].architectures
-] + [("t5_backbone", "all_methods")]  # T5 holds its layers otherwise
+    ("bert_classifier", "all_methods_and_bitfit"),
+    ("bert_classifier", "prefix_tuning_direct"),
+    ("bert_classifier", "mam"),
+    ("t5_backbone", "all_methods"),
+]
 
 
 class _SavedModelView(tf.train.TrackableView):
