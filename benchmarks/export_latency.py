@@ -33,7 +33,6 @@ import argparse
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ import results_file  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_peft  # noqa: E402
+from tests import helpers  # noqa: E402
 
 MINILM = dict(
     vocabulary_size=30522,
@@ -62,20 +62,8 @@ MINILM = dict(
 )
 
 
-def _minilm_path():
-    tool = os.path.join(HERE, "..", "..", "shared", "tools", "minilm")
-    try:
-        result = subprocess.run(
-            [tool], capture_output=True, text=True, timeout=600
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    path = result.stdout.strip()
-    return path if result.returncode == 0 and os.path.isdir(path) else None
-
-
 def _backbone():
-    path = _minilm_path()
+    path = helpers.minilm_path()
     if path:
         return keras_hub.models.BertBackbone.from_preset(path), "MiniLM-L6"
     return keras_hub.models.BertBackbone(**MINILM), "random MiniLM-shaped"

@@ -123,14 +123,15 @@ def endpoints(model, include_preprocessor):
         return result
 
     preprocessor = model.preprocessor
+
+    def serve(x):
+        return model(_first(preprocessor(x)), training=False)
+
     if seq2seq:
         text = {
             "encoder_text": strings_spec("encoder_text"),
             "decoder_text": strings_spec("decoder_text"),
         }
-
-        def serve(x):
-            return model(_first(preprocessor(x)), training=False)
 
         def generate(x):
             tokens = preprocessor.generate_preprocess(x)
@@ -142,10 +143,7 @@ def endpoints(model, include_preprocessor):
             ("generate", generate, [strings_spec("encoder_text")]),
         ]
 
-    def serve_text(x):
-        return model(_first(preprocessor(x)), training=False)
-
-    return [("serve", serve_text, [strings_spec("text")])]
+    return [("serve", serve, [strings_spec("text")])]
 
 
 def check_preprocessor(model):

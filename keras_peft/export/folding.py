@@ -10,17 +10,18 @@ from keras_peft.layers.lora_dense import LoRADense
 from keras_peft.layers.prefix_attention import PrefixAttention
 
 
-def _foldable(model):
-    """Whether `model` has LoRA layers or reparametrized prefixes."""
-    for layer, _ in layer_tree.iter_layers(model):
-        if isinstance(layer, LoRADense):
-            return True
-        if (
-            isinstance(layer, PrefixAttention)
-            and layer.prefix_source is not None
-        ):
-            return True
-    return False
+def _has_lora(model):
+    return any(
+        isinstance(layer, LoRADense)
+        for layer, _ in layer_tree.iter_layers(model)
+    )
+
+
+def _has_prefix_mlp(model):
+    return any(
+        isinstance(layer, PrefixAttention) and layer.prefix_source is not None
+        for layer, _ in layer_tree.iter_layers(model)
+    )
 
 
 def copy_model(model):
@@ -68,16 +69,13 @@ def folded_copy(model):
     from keras_peft.lora import merge_lora
     from keras_peft.prefix_tuning import eject_prefix
 
-    if not _foldable(model):
+    lora, prefix_mlp = _has_lora(model), _has_prefix_mlp(model)
+    if not (lora or prefix_mlp):
         return model
     copy = copy_model(model)
-    layers = [layer for layer, _ in layer_tree.iter_layers(copy)]
-    if any(isinstance(layer, LoRADense) for layer in layers):
+    if lora:
         # Unloaded, not just merged: the export holds no `A` or `B`.
         merge_lora(copy, unload=True)
-    if any(
-        isinstance(layer, PrefixAttention) and layer.prefix_source is not None
-        for layer in layers
-    ):
+    if prefix_mlp:
         eject_prefix(copy)
     return copy
