@@ -28,11 +28,11 @@ PAIRS = [
 
 
 @pytest.mark.parametrize("model_name,method_name", PAIRS)
-def test_apply_keeps_outputs_and_counts_match_formula(model_name, method_name):
-    """Zero-initialized updates change nothing; prompts and prefixes change
-    values but never an output shape. The new weights number exactly what
-    the method's formula says. (One built model serves both checks: a
-    T5 model takes seconds to build.)"""
+def test_apply_counts_and_round_trip(model_name, method_name, tmp_path):
+    """`apply` keeps the outputs where the method starts at zero and never
+    changes an output shape; the new weights number what the method's
+    formula says; the adapter file round-trips. One built model serves
+    every check of a pair (a T5 model takes seconds to build)."""
     model_case = helpers.MODEL_CASES[model_name]
     method_case = helpers.METHOD_CASES[method_name]
     model = model_case.build()
@@ -40,7 +40,11 @@ def test_apply_keeps_outputs_and_counts_match_formula(model_name, method_name):
     keras_peft.apply(model, method_case.config(model_case))
     after = model_case.outputs(model)
     _assert_start_outputs(model_case, method_case, after, before)
+    _assert_counts(model_case, method_case, model)
+    _assert_round_trip(model_case, model, tmp_path)
 
+
+def _assert_counts(model_case, method_case, model):
     expected_adapter = method_case.count(model_case, model)
     expected = expected_adapter + helpers.head_parameters(model, model_case)
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
@@ -127,7 +131,8 @@ def test_fit_trains_only_new_weights(model_name, jit_compile, method_name):
     method_case = helpers.METHOD_CASES[method_name]
     model_case = helpers.MODEL_CASES[model_name]
     model = _applied(model_case, method_case)
-    model.compile(
+    helpers.compile(
+        model,
         optimizer=keras.optimizers.Adam(0.05),
         loss=model_case.loss,
         jit_compile=jit_compile,
@@ -159,16 +164,10 @@ def test_fit_trains_only_new_weights(model_name, jit_compile, method_name):
             np.testing.assert_array_equal(variable.numpy(), old, variable.path)
 
 
-@pytest.mark.parametrize("model_name,method_name", PAIRS)
-def test_save_load_round_trip_and_load_over_an_adapter(
-    model_name, method_name, tmp_path
-):
+def _assert_round_trip(model_case, model, tmp_path):
     """Save, then load into a fresh model; then load again into that model,
     which already carries the adapter (one backbone, many tasks: loading
     replaces the adapter's values)."""
-    model_case = helpers.MODEL_CASES[model_name]
-    method_case = helpers.METHOD_CASES[method_name]
-    model = _applied(model_case, method_case)
     # Move every trainable weight off its initial value so the round trip
     # proves the values travel.
     rng = np.random.default_rng(1)

@@ -24,7 +24,9 @@ def test_fit_under_mixed_bfloat16(case_name, config):
     try:
         model = case.make()
         keras_peft.apply(model, config)
-        model.compile(optimizer=keras.optimizers.Adam(0.05), loss=case.loss)
+        helpers.compile(
+            model, optimizer=keras.optimizers.Adam(0.05), loss=case.loss
+        )
         frozen = [
             (v, np.array(v.numpy())) for v in model.weights if not v.trainable
         ]

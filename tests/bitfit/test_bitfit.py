@@ -45,7 +45,9 @@ def test_fit_trains_biases_only_and_round_trips(tmp_path):
     case = helpers.MODEL_CASES["bert_classifier"]
     model = case.build()
     keras_peft.apply(model, keras_peft.BitFitConfig())
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=case.loss)
+    helpers.compile(
+        model, optimizer=keras.optimizers.Adam(0.05), loss=case.loss
+    )
     trainable = {id(v) for v in model.trainable_weights}
     before = [np.array(v.numpy()) for v in model.weights]
     history = model.fit(

@@ -78,7 +78,9 @@ def test_fit_continues_after_loading(tmp_path):
     path = os.path.join(tmp_path, "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    loaded.compile(optimizer=keras.optimizers.Adam(0.05), loss=case.loss)
+    helpers.compile(
+        loaded, optimizer=keras.optimizers.Adam(0.05), loss=case.loss
+    )
     trainable = {id(v) for v in loaded.trainable_weights}
     before = [np.array(v.numpy()) for v in loaded.weights]
     loaded.fit(case.inputs(), case.labels(), epochs=2, verbose=0)

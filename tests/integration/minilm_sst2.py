@@ -104,6 +104,10 @@ def compile_classifier(model, learning_rate, head_learning_rate=None):
 
     The checkpoint's pooler output is tiny (about 0.04 std): a new head on
     it needs a far larger step than a prompt or prefix does.
+
+    Under XLA: on CPU a step takes half the time (measured on a 2-core
+    machine, a prompt-tuned batch of 32: 0.69 s, against 1.35 s without),
+    and it is the path TPUs take.
     """
     optimizer = keras.optimizers.Adam(learning_rate)
     if head_learning_rate is not None:
@@ -112,10 +116,12 @@ def compile_classifier(model, learning_rate, head_learning_rate=None):
             learning_rates={"head": head_learning_rate},
             model=model,
         )
-    model.compile(
+    helpers.compile(
+        model,
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        jit_compile=True,
     )
 
 
@@ -131,6 +137,16 @@ def assert_unchanged(frozen):
 
 def adapter_size(path):
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path))
+
+
+def logits(model, x):
+    """The model's logits for `x`, computed eagerly.
+
+    Round-trip checks compare two models run the same way: eagerly, as a
+    fresh (not compiled) model runs, not through the trained model's XLA
+    `predict`.
+    """
+    return keras.ops.convert_to_numpy(model(x, training=False))
 
 
 def evaluate(model, data):

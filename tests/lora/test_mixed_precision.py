@@ -12,7 +12,9 @@ def test_fit_under_mixed_bfloat16_policy():
     try:
         model = case.make()
         keras_peft.apply(model, keras_peft.LoRAConfig(rank=4, alpha=8))
-        model.compile(optimizer=keras.optimizers.Adam(0.02), loss=case.loss)
+        helpers.compile(
+            model, optimizer=keras.optimizers.Adam(0.02), loss=case.loss
+        )
         frozen = [
             (v, np.array(v.numpy())) for v in model.weights if not v.trainable
         ]

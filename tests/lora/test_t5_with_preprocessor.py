@@ -24,7 +24,9 @@ def test_fit_and_generate_text(tokenizer):
     )
     model = keras_hub.models.T5Seq2SeqLM(backbone, preprocessor=preprocessor)
     keras_peft.apply(model, keras_peft.LoRAConfig(rank=4, alpha=8))
-    model.compile(optimizer=keras.optimizers.Adam(0.05), sampler="greedy")
+    helpers.compile(
+        model, optimizer=keras.optimizers.Adam(0.05), sampler="greedy"
+    )
     sources = helpers.t5_sentences(16, 1, words=5)
     # The task: copy the source sentence.
     data = {"encoder_text": sources, "decoder_text": sources}
