@@ -91,8 +91,10 @@ class ModelCase:
             # Keras initializers without a seed draw theirs from `random`.
             state = random.getstate()
             random.seed(BASE_SEED)
-            _BASE_WEIGHTS[self.name] = self.make().get_weights()
+            model = self.make()
             random.setstate(state)
+            _BASE_WEIGHTS[self.name] = model.get_weights()
+            return model
         model = self.make()
         model.set_weights(_BASE_WEIGHTS[self.name])
         return model
