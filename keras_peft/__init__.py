@@ -23,3 +23,19 @@ from keras_peft.prefix_tuning import eject_prefix
 from keras_peft.prompt_tuning import PromptTuningConfig
 from keras_peft.prompt_tuning import nearest_tokens
 from keras_peft.version import __version__
+
+# HF PEFT's names for what keras-peft calls otherwise.
+_FOREIGN_NAMES = {
+    "LoraConfig": "LoRAConfig",
+    "get_peft_model": "apply",
+    "PeftModel": "load_adapter",
+}
+
+
+def __getattr__(name):
+    if name in _FOREIGN_NAMES:
+        raise AttributeError(
+            f"keras_peft has no {name!r} (an HF PEFT name): use "
+            f"keras_peft.{_FOREIGN_NAMES[name]}."
+        )
+    raise AttributeError(f"module 'keras_peft' has no attribute {name!r}")

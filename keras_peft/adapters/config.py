@@ -63,6 +63,17 @@ class AdapterConfig(config_lib.PeftConfig):
     """
 
     method: typing.ClassVar[str] = "adapter"
+    foreign_names: typing.ClassVar[dict] = {
+        "reduction_factor": "keras-peft sets the width itself: "
+        "`bottleneck` (hidden size / reduction factor)",
+        "non_linearity": "keras-peft calls it `activation`",
+        "is_parallel": "keras-peft calls it `parallel`",
+        "scaling": "keras-peft calls it `scale`",
+        "mh_adapter": 'keras-peft says where with `location` ("attn", '
+        '"ffn" or "both")',
+        "output_adapter": 'keras-peft says where with `location` ("attn", '
+        '"ffn" or "both")',
+    }
 
     bottleneck: int = 64
     location: str = "ffn"

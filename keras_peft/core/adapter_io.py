@@ -362,7 +362,7 @@ def load_adapter(model, path):
     for layer in merged:
         layer.merge()
     if plan is not None:
-        plan.install()
+        plan.install("keras_peft.load_adapter")
     surgery.forget_compiled_functions(context.model)
     return model
 

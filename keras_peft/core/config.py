@@ -67,6 +67,18 @@ class PeftConfig:
     """
 
     method: typing.ClassVar[str] = ""
+    # Keyword names other libraries use for a field of this config (HF
+    # PEFT's, AdapterHub's), each with what to write here instead.
+    foreign_names: typing.ClassVar[dict] = {}
+
+    def __new__(cls, *args, **kwargs):
+        # Runs before the dataclass `__init__`, whose bare "unexpected
+        # keyword argument" would not say what the name is called here.
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = [name for name in kwargs if name not in names]
+        if unknown:
+            raise TypeError(_unknown_keywords_message(cls, unknown, names))
+        return super().__new__(cls)
 
     def to_dict(self):
         """Returns a JSON-compatible dict that includes the method name."""
@@ -127,6 +139,36 @@ class UnionConfig(PeftConfig):
     def parts(self):
         """The configs this one stands for, in the order they apply."""
         raise NotImplementedError
+
+
+# Keywords HF PEFT configs take that no keras-peft config needs.
+_NOT_NEEDED = {
+    "task_type": "keras-peft reads the task from the model you pass to "
+    "`keras_peft.apply`",
+    "base_model_name_or_path": "the adapter file records the model's "
+    "architecture and shapes",
+    "inference_mode": "freezing is `apply`'s job; to serve, load the "
+    "adapter (and `keras_peft.merge_lora` for LoRA)",
+    "modules_to_save": "a task's head (outside the backbone) trains and is "
+    "saved with the adapter by default",
+    "revision": "keras-peft configs are not downloaded",
+}
+
+
+def _unknown_keywords_message(cls, unknown, names):
+    hints = []
+    for name in unknown:
+        if name in cls.foreign_names:
+            hints.append(f"`{name}`: {cls.foreign_names[name]}")
+        elif name in _NOT_NEEDED:
+            hints.append(f"`{name}` is not needed: {_NOT_NEEDED[name]}")
+    message = (
+        f"{cls.__name__} got unexpected keyword arguments {unknown}. "
+        f"Its arguments are {sorted(names)}."
+    )
+    if hints:
+        message += " " + "; ".join(hints) + "."
+    return message
 
 
 def runtime_field(default=None):

@@ -13,6 +13,7 @@ from keras_peft.core import config as config_lib
 from keras_peft.core import freezing
 from keras_peft.core import layer_tree
 from keras_peft.core import model_saving
+from keras_peft.core import recompile
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core import tf_distribute
@@ -94,9 +95,16 @@ class Plan:
             self.context.model, self._replacement_map
         )
 
-    def install(self):
+    def install(self, action="keras_peft.apply", stacklevel=3):
         """Swaps the new layers in and freezes the base. Cannot fail midway:
-        everything it relies on was checked while planning."""
+        everything it relies on was checked while planning.
+
+        Args:
+            action: str. The public call installing the plan, named in the
+                warning a compiled model gets (`recompile`).
+            stacklevel: int. Where the user's call is, counting this method
+                as 1 (as `warnings.warn` counts).
+        """
         state = self._state_after()
         # Computed on the tree before the swap: replacements are described
         # relative to it.
@@ -112,6 +120,9 @@ class Plan:
         state_lib.set_state(self.context.backbone, state)
         model_saving.track(self.context.backbone, self.context.model)
         surgery.forget_compiled_functions(self.context.model)
+        recompile.require_recompile(
+            self.context.model, action, stacklevel=stacklevel
+        )
 
     def abandon(self):
         """Releases the detached layers, undoing what building them did.

@@ -49,6 +49,17 @@ class LoRAConfig(config_lib.PeftConfig):
     """
 
     method: typing.ClassVar[str] = "lora"
+    foreign_names: typing.ClassVar[dict] = {
+        "r": "keras-peft calls the rank `rank`",
+        "lora_alpha": "keras-peft calls it `alpha`",
+        "lora_dropout": "keras-peft calls it `dropout`",
+        "target_modules": "keras-peft calls it `targets` (layer path "
+        'patterns, or "attn", "ffn", "all")',
+        "fan_in_fan_out": "not needed: keras-peft reads each layer's kernel "
+        "layout itself",
+        "init_lora_weights": "keras-peft always starts `B` at zero, so an "
+        "applied model computes what the base did",
+    }
 
     rank: int = 8
     alpha: float = 16.0

@@ -52,6 +52,12 @@ class MAMConfig(config_lib.UnionConfig):
     """
 
     method: typing.ClassVar[str] = "mam"
+    foreign_names: typing.ClassVar[dict] = {
+        "reduction_factor": "keras-peft sets the adapter's width itself: "
+        "`bottleneck`",
+        "scaling": "keras-peft calls it `scale`",
+        "num_virtual_tokens": "keras-peft calls it `prefix_length`",
+    }
 
     prefix_length: int = 30
     bottleneck: int = 512

@@ -56,6 +56,11 @@ class PrefixTuningConfig(config_lib.PeftConfig):
     """
 
     method: typing.ClassVar[str] = "prefix_tuning"
+    foreign_names: typing.ClassVar[dict] = {
+        "num_virtual_tokens": "keras-peft calls it `length`",
+        "prefix_projection": "keras-peft calls it `reparam`",
+        "encoder_hidden_size": "keras-peft calls it `reparam_hidden`",
+    }
 
     length: int = 30
     reparam: bool = True

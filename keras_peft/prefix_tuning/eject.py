@@ -5,6 +5,7 @@ import dataclasses
 from keras_peft.core import architectures
 from keras_peft.core import injection
 from keras_peft.core import layer_tree
+from keras_peft.core import recompile
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.layers.prefix_attention import PrefixAttention
@@ -61,4 +62,5 @@ def eject_prefix(model):
     )
     injection.record_state(context.backbone, state)
     surgery.forget_compiled_functions(context.model)
+    recompile.require_recompile(context.model, "keras_peft.eject_prefix")
     return model

@@ -67,6 +67,15 @@ class PromptTuningConfig(config_lib.PeftConfig):
     """
 
     method: typing.ClassVar[str] = "prompt_tuning"
+    foreign_names: typing.ClassVar[dict] = {
+        "num_virtual_tokens": "keras-peft calls it `length`",
+        "prompt_tuning_init": 'keras-peft calls it `init` ("random", '
+        '"vocab", "labels" or "text")',
+        "prompt_tuning_init_text": "keras-peft calls it `init_text`",
+        "tokenizer_name_or_path": "pass the tokenizer object as "
+        "`tokenizer` (a keras-hub tokenizer, e.g. "
+        "`model.preprocessor.tokenizer`)",
+    }
 
     length: int = 20
     init: str = "vocab"

@@ -1,5 +1,8 @@
 """`apply`: targets, bias modes, and bad input leaving the model as it was."""
 
+import os
+import warnings
+
 import keras
 import keras_hub
 import numpy as np
@@ -222,10 +225,53 @@ def test_apply_after_compile_trains_the_new_weights():
     model = CLASSIFIER.build()
     model.compile(optimizer="adam", loss=CLASSIFIER.loss)
     model.fit(CLASSIFIER.inputs(), CLASSIFIER.labels(), verbose=0)
-    keras_peft.apply(model, keras_peft.LoRAConfig(rank=2))
+    with pytest.warns(UserWarning, match="keras_peft.apply") as record:
+        keras_peft.apply(model, keras_peft.LoRAConfig(rank=2))
+    assert record[0].filename == __file__  # the user's line, not ours
+    # Keras' optimizer was built for the old trainable weights: `fit` asks
+    # for `compile()` up front instead of failing inside the optimizer.
+    assert not model.compiled
+    with pytest.raises(ValueError, match="compile"):
+        model.fit(CLASSIFIER.inputs(), CLASSIFIER.labels(), verbose=0)
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss=CLASSIFIER.loss)
     frozen = model.backbone.transformer_layers[0]._feedforward_output_dense
     kernel = frozen.kernel.numpy().copy()
     model.fit(CLASSIFIER.inputs(), CLASSIFIER.labels(), epochs=2, verbose=0)
     # Exact: a frozen weight is never written.
     np.testing.assert_array_equal(frozen.kernel.numpy(), kernel)
+
+
+def test_a_trained_model_changed_by_keras_peft_asks_for_compile_again(
+    tmp_path,
+):
+    """For every call that changes which weights train. A model compiled
+    but not trained (keras-hub tasks compile themselves) needs nothing."""
+    model = CLASSIFIER.build()
+    assert model.compiled  # by keras-hub, with an optimizer not built
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        keras_peft.apply(model, keras_peft.PrefixTuningConfig(length=2))
+    assert model.compiled
+    path = os.path.join(tmp_path, "adapter")
+    keras_peft.save_adapter(model, path)
+
+    def apply_lora(model):
+        keras_peft.apply(model, keras_peft.LoRAConfig(rank=2))
+
+    def load(model):
+        keras_peft.load_adapter(model, path)
+
+    for change, name in [(apply_lora, "apply"), (load, "load_adapter")]:
+        model = CLASSIFIER.build()
+        # As after a `fit`: the optimizer built for the weights training.
+        helpers.compile(model, optimizer="adam", loss=CLASSIFIER.loss)
+        with pytest.warns(UserWarning, match=f"keras_peft.{name}") as record:
+            change(model)
+        assert record[0].filename == __file__, name
+        assert not model.compiled
+
+    helpers.compile(model, optimizer="adam", loss=CLASSIFIER.loss)
+    with pytest.warns(UserWarning, match="keras_peft.eject_prefix") as record:
+        keras_peft.eject_prefix(model)
+    assert record[0].filename == __file__
+    assert not model.compiled

@@ -1,0 +1,77 @@
+"""Configs refuse unknown keywords, and say what HF PEFT's and AdapterHub's
+names are called here."""
+
+import pytest
+
+import keras_peft
+
+
+@pytest.mark.parametrize(
+    "config_class,kwargs,hint",
+    [
+        (keras_peft.LoRAConfig, {"r": 8}, "`rank`"),
+        (keras_peft.LoRAConfig, {"lora_alpha": 16}, "`alpha`"),
+        (keras_peft.LoRAConfig, {"lora_dropout": 0.1}, "`dropout`"),
+        (keras_peft.LoRAConfig, {"target_modules": ["query"]}, "`targets`"),
+        (keras_peft.PromptTuningConfig, {"num_virtual_tokens": 20}, "`length`"),
+        (
+            keras_peft.PromptTuningConfig,
+            {"prompt_tuning_init": "TEXT"},
+            "`init`",
+        ),
+        (
+            keras_peft.PromptTuningConfig,
+            {"prompt_tuning_init_text": "Classify"},
+            "`init_text`",
+        ),
+        (keras_peft.PrefixTuningConfig, {"num_virtual_tokens": 20}, "`length`"),
+        (
+            keras_peft.PrefixTuningConfig,
+            {"prefix_projection": True},
+            "`reparam`",
+        ),
+        (
+            keras_peft.PrefixTuningConfig,
+            {"encoder_hidden_size": 512},
+            "`reparam_hidden`",
+        ),
+        (keras_peft.AdapterConfig, {"reduction_factor": 16}, "`bottleneck`"),
+        (keras_peft.AdapterConfig, {"non_linearity": "relu"}, "`activation`"),
+        (keras_peft.AdapterConfig, {"is_parallel": True}, "`parallel`"),
+        (keras_peft.AdapterConfig, {"mh_adapter": True}, "`location`"),
+        (keras_peft.MAMConfig, {"num_virtual_tokens": 30}, "`prefix_length`"),
+        (keras_peft.LoRAConfig, {"task_type": "SEQ_CLS"}, "is not needed"),
+        (keras_peft.BitFitConfig, {"modules_to_save": ["x"]}, "is not needed"),
+    ],
+)
+def test_a_foreign_name_says_what_it_is_called_here(config_class, kwargs, hint):
+    name = next(iter(kwargs))
+    with pytest.raises(TypeError) as error:
+        config_class(**kwargs)
+    message = str(error.value)
+    assert config_class.__name__ in message and repr(name) in message
+    assert hint in message
+
+
+def test_every_unknown_keyword_is_named_with_the_allowed_ones():
+    with pytest.raises(TypeError) as error:
+        keras_peft.LoRAConfig(rank=4, r=8, ranks=2)
+    message = str(error.value)
+    assert "['r', 'ranks']" in message
+    assert "'rank'" in message and "'targets'" in message  # the allowed ones
+    assert "`r`: keras-peft calls the rank `rank`" in message
+
+
+def test_known_keywords_still_build_configs():
+    config = keras_peft.LoRAConfig(rank=4, alpha=8, targets=["query"])
+    assert (config.rank, config.alpha) == (4, 8)
+    assert keras_peft.LoRAConfig.from_dict(config.to_dict()) == config
+
+
+def test_an_hf_peft_name_at_the_top_level_says_ours():
+    with pytest.raises(AttributeError, match="keras_peft.LoRAConfig"):
+        keras_peft.LoraConfig  # noqa: B018
+    with pytest.raises(AttributeError, match="keras_peft.apply"):
+        keras_peft.get_peft_model  # noqa: B018
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        keras_peft.nothing  # noqa: B018
