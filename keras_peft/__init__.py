@@ -7,6 +7,7 @@ from keras_peft.core.adapter_io import load_adapter
 from keras_peft.core.adapter_io import save_adapter
 from keras_peft.core.config import PeftConfig
 from keras_peft.core.config import config_from_dict
+from keras_peft.core.foreign_names import foreign_name as _foreign_name
 from keras_peft.core.injection import applied_configs
 from keras_peft.core.injection import apply
 from keras_peft.core.summary import TrainableSummary
@@ -24,18 +25,12 @@ from keras_peft.prompt_tuning import PromptTuningConfig
 from keras_peft.prompt_tuning import nearest_tokens
 from keras_peft.version import __version__
 
-# HF PEFT's names for what keras-peft calls otherwise.
-_FOREIGN_NAMES = {
-    "LoraConfig": "LoRAConfig",
-    "get_peft_model": "apply",
-    "PeftModel": "load_adapter",
-}
-
-
-def __getattr__(name):
-    if name in _FOREIGN_NAMES:
-        raise AttributeError(
-            f"keras_peft has no {name!r} (an HF PEFT name): use "
-            f"keras_peft.{_FOREIGN_NAMES[name]}."
-        )
-    raise AttributeError(f"module 'keras_peft' has no attribute {name!r}")
+# HF PEFT's names, importable so that `from keras_peft import LoraConfig`
+# (an HF habit) says what to use instead of a bare ImportError.
+LoraConfig = _foreign_name("LoraConfig", "keras_peft.LoRAConfig")
+get_peft_model = _foreign_name(
+    "get_peft_model", "keras_peft.apply(model, config), which works in place"
+)
+PeftModel = _foreign_name(
+    "PeftModel", "keras_peft.load_adapter(model, path) to load an adapter"
+)

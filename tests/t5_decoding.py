@@ -109,11 +109,20 @@ def assert_cached_decoding_matches(model, traced=False):
     np.testing.assert_allclose(
         cached_logits(model, inputs, generated), full, atol=1e-4, rtol=1e-4
     )
+    assert_greedy_of_full_pass(model, inputs, generated, full)
+    return generated
+
+
+def assert_greedy_of_full_pass(model, inputs, generated, full=None):
+    """Each generated token is a best one of the full (functional) pass,
+    teacher-forced on `generated`, up to a float tolerance (see
+    `assert_cached_decoding_matches`)."""
+    if full is None:
+        full = full_forward_logits(model, inputs, generated)
     # The logits at step t choose the token at step t + 1.
     chosen = np.take_along_axis(full[:, :-1], generated[:, 1:, None], -1)
     best = full[:, :-1].max(-1, keepdims=True)
     np.testing.assert_array_less(best - chosen, 1e-4 * (1 + np.abs(best)))
-    return generated
 
 
 def _forced_tokens(batch=2):
@@ -125,15 +134,23 @@ def _forced_tokens(batch=2):
 
 
 @functools.cache
-def _base_logits():
-    """The base T5 task's logits on the fixed tokens, once per process."""
+def _base():
+    """The base T5 task's embeddings, and its logits on the fixed tokens,
+    once per process."""
     base = helpers.MODEL_CASES["t5_seq2seq"].build()
-    return full_forward_logits(base, generate_inputs(), _forced_tokens())
+    logits = full_forward_logits(base, generate_inputs(), _forced_tokens())
+    return _embeddings(base), logits
+
+
+def _embeddings(model):
+    return keras.ops.convert_to_numpy(model.backbone.token_embedding.embeddings)
 
 
 def assert_changes_logits(model):
     """The method moves the decoder's logits away from the base model's,
     teacher-forced on fixed tokens (`model` is the T5 test task)."""
+    embeddings, base = _base()
+    # Exact: the same base weights, set from the same values.
+    np.testing.assert_array_equal(_embeddings(model), embeddings)
     logits = full_forward_logits(model, generate_inputs(), _forced_tokens())
-    base = _base_logits()
     assert np.abs(logits - base).max() > 1e-2 * np.abs(base).max()

@@ -64,8 +64,8 @@ class AdapterConfig(config_lib.PeftConfig):
 
     method: typing.ClassVar[str] = "adapter"
     foreign_names: typing.ClassVar[dict] = {
-        "reduction_factor": "keras-peft sets the width itself: "
-        "`bottleneck` (hidden size / reduction factor)",
+        "reduction_factor": "give the width directly as `bottleneck` "
+        "(hidden size / reduction factor)",
         "non_linearity": "keras-peft calls it `activation`",
         "is_parallel": "keras-peft calls it `parallel`",
         "scaling": "keras-peft calls it `scale`",

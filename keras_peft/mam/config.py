@@ -53,8 +53,10 @@ class MAMConfig(config_lib.UnionConfig):
 
     method: typing.ClassVar[str] = "mam"
     foreign_names: typing.ClassVar[dict] = {
-        "reduction_factor": "keras-peft sets the adapter's width itself: "
-        "`bottleneck`",
+        "reduction_factor": "give the adapter's width directly as "
+        "`bottleneck` (hidden size / reduction factor)",
+        "prefix_projection": "keras-peft calls it `reparam`",
+        "encoder_hidden_size": "keras-peft calls it `reparam_hidden`",
         "scaling": "keras-peft calls it `scale`",
         "num_virtual_tokens": "keras-peft calls it `prefix_length`",
     }

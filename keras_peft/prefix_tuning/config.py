@@ -60,6 +60,9 @@ class PrefixTuningConfig(config_lib.PeftConfig):
         "num_virtual_tokens": "keras-peft calls it `length`",
         "prefix_projection": "keras-peft calls it `reparam`",
         "encoder_hidden_size": "keras-peft calls it `reparam_hidden`",
+        "prefix_length": "keras-peft calls it `length`",
+        "bottleneck_size": "keras-peft calls the MLP's width `reparam_hidden`",
+        "flat": "keras-peft says `reparam=False` for a flat prefix",
     }
 
     length: int = 30

@@ -72,6 +72,9 @@ class PromptTuningConfig(config_lib.PeftConfig):
         "prompt_tuning_init": 'keras-peft calls it `init` ("random", '
         '"vocab", "labels" or "text")',
         "prompt_tuning_init_text": "keras-peft calls it `init_text`",
+        "prompt_length": "keras-peft calls it `length`",
+        "prompt_init": 'keras-peft calls it `init` ("random", "vocab", '
+        '"labels" or "text")',
         "tokenizer_name_or_path": "pass the tokenizer object as "
         "`tokenizer` (a keras-hub tokenizer, e.g. "
         "`model.preprocessor.tokenizer`)",

@@ -1,6 +1,10 @@
 """Configs refuse unknown keywords, and say what HF PEFT's and AdapterHub's
 names are called here."""
 
+import copy
+import dataclasses
+import pickle
+
 import pytest
 
 import keras_peft
@@ -40,6 +44,16 @@ import keras_peft
         (keras_peft.AdapterConfig, {"is_parallel": True}, "`parallel`"),
         (keras_peft.AdapterConfig, {"mh_adapter": True}, "`location`"),
         (keras_peft.MAMConfig, {"num_virtual_tokens": 30}, "`prefix_length`"),
+        (keras_peft.MAMConfig, {"prefix_projection": True}, "`reparam`"),
+        (keras_peft.PrefixTuningConfig, {"prefix_length": 30}, "`length`"),
+        (keras_peft.PrefixTuningConfig, {"flat": True}, "`reparam=False`"),
+        (
+            keras_peft.PrefixTuningConfig,
+            {"bottleneck_size": 512},
+            "`reparam_hidden`",
+        ),
+        (keras_peft.PromptTuningConfig, {"prompt_length": 10}, "`length`"),
+        (keras_peft.PromptTuningConfig, {"prompt_init": "random"}, "`init`"),
         (keras_peft.LoRAConfig, {"task_type": "SEQ_CLS"}, "is not needed"),
         (keras_peft.BitFitConfig, {"modules_to_save": ["x"]}, "is not needed"),
     ],
@@ -69,9 +83,33 @@ def test_known_keywords_still_build_configs():
 
 
 def test_an_hf_peft_name_at_the_top_level_says_ours():
-    with pytest.raises(AttributeError, match="keras_peft.LoRAConfig"):
-        keras_peft.LoraConfig  # noqa: B018
-    with pytest.raises(AttributeError, match="keras_peft.apply"):
-        keras_peft.get_peft_model  # noqa: B018
-    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+    from keras_peft import LoraConfig
+    from keras_peft import PeftModel
+    from keras_peft import get_peft_model
+
+    with pytest.raises(TypeError, match="Use keras_peft.LoRAConfig"):
+        LoraConfig(r=8)
+    with pytest.raises(TypeError, match=r"keras_peft.apply\(model, config\)"):
+        get_peft_model(None, None)
+    with pytest.raises(TypeError, match="keras_peft.load_adapter"):
+        PeftModel.from_pretrained(None, "path")
+    with pytest.raises(AttributeError, match="nothing"):
         keras_peft.nothing  # noqa: B018
+
+
+def test_configs_still_copy_pickle_replace_and_take_positional_arguments():
+    """Configs refuse unknown keywords in `__new__`: copies, pickles and
+    `dataclasses.replace` (which all construct anew) keep working."""
+    for config in [
+        keras_peft.LoRAConfig(4, 8.0, targets=["query"]),
+        keras_peft.MAMConfig(prefix_length=3, bottleneck=4),
+        keras_peft.PromptTuningConfig(length=3, init="random"),
+    ]:
+        assert copy.deepcopy(config) == config
+        assert pickle.loads(pickle.dumps(config)) == config
+        assert keras_peft.config_from_dict(config.to_dict()) == config
+    changed = dataclasses.replace(keras_peft.LoRAConfig(4), rank=2)
+    assert changed == keras_peft.LoRAConfig(rank=2)
+    assert keras_peft.LoRAConfig(4).rank == 4
+    with pytest.raises(TypeError, match="`reparam`"):
+        dataclasses.replace(keras_peft.MAMConfig(), prefix_projection=True)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import keras_peft
 from tests import helpers
+from tests import t5_decoding
 
 # On the classifier: LoRA alone (folded; the model then trains on) and
 # every method at once (LoRA folded, the reparametrized prefix ejected,
@@ -103,6 +104,10 @@ def test_serve_reproduces_the_model(model_name, method_name, tmp_path):
         )
         # Not a degenerate case: the random adapters make varied tokens.
         assert len(np.unique(expected["decoder_token_ids"][:, 1:])) > 1
+        # And the traced cached decoding chose what the full pass does.
+        t5_decoding.assert_greedy_of_full_pass(
+            model, inputs, np.asarray(expected["decoder_token_ids"])
+        )
         _check_in_a_fresh_process(
             tmp_path, directory, case.inputs(), case.outputs(model), inputs
         )

@@ -36,7 +36,10 @@ def test_prefix_learns_sst2_ejects_and_round_trips(minilm, sst2, tmp_path):
 
     x = sst2.sample()
     expected = data.logits(model, x)
-    keras_peft.eject_prefix(model)
+    # The optimizer was built for the MLP: a new compile() is needed.
+    with pytest.warns(UserWarning, match="keras_peft.eject_prefix"):
+        keras_peft.eject_prefix(model)
+    assert not model.compiled
     # Close: the forward pass computed the MLP's output as part of the
     # model; eject() computed it on its own, which may round differently.
     np.testing.assert_allclose(data.logits(model, x), expected, atol=1e-5)
@@ -66,12 +69,12 @@ def test_prompt_learns_sst2_and_round_trips(minilm, sst2, tmp_path):
     assert dict(summary.groups)["prompt_tuning"] == 10 * WIDTH
 
     # Prompt tuning is slow at this scale (Lester et al.: it catches up
-    # with full fine-tuning only at billions of parameters): three epochs
-    # of 20 steps. Measured on this split (seeds 0, 1 and 2 for the initial
-    # weights): 0.738, 0.742 and 0.762; the head alone (prompt frozen),
-    # with the same steps and rate, 0.611 and 0.588 (seeds 0 and 1), and
-    # the untrained model 0.54.
-    before, after = data.learn(model, sst2, 3, 3e-3, 1e-2)
+    # with full fine-tuning only at billions of parameters): two epochs of
+    # 20 steps under XLA. Measured on this split (seeds 0 and 1 for the
+    # initial weights): 0.736 and 0.730; the head alone (prompt frozen),
+    # with the same steps and rates, 0.604 (seed 0), and the untrained
+    # model 0.54-0.56.
+    before, after = data.learn(model, sst2, 2, 6e-3, 1e-2)
     print("SST-2 validation before/after prompt tuning:", before, after)
     assert after["accuracy"] >= 0.68, (before, after)
     assert after["loss"] < before["loss"]
