@@ -5,23 +5,8 @@ import tempfile
 
 import keras
 
-from keras_peft.core import layer_tree
-from keras_peft.layers.lora_dense import LoRADense
-from keras_peft.layers.prefix_attention import PrefixAttention
-
-
-def _has_lora(model):
-    return any(
-        isinstance(layer, LoRADense)
-        for layer, _ in layer_tree.iter_layers(model)
-    )
-
-
-def _has_prefix_mlp(model):
-    return any(
-        isinstance(layer, PrefixAttention) and layer.prefix_source is not None
-        for layer, _ in layer_tree.iter_layers(model)
-    )
+from keras_peft.lora import merge
+from keras_peft.prefix_tuning import eject
 
 
 def copy_model(model):
@@ -66,16 +51,14 @@ def folded_copy(model):
     Returns:
         `model` itself if nothing can be folded, else the folded copy.
     """
-    from keras_peft.lora import merge_lora
-    from keras_peft.prefix_tuning import eject_prefix
-
-    lora, prefix_mlp = _has_lora(model), _has_prefix_mlp(model)
+    lora = bool(merge.lora_layers(model))
+    prefix_mlp = bool(eject.reparametrized_prefixes(model))
     if not (lora or prefix_mlp):
         return model
     copy = copy_model(model)
     if lora:
         # Unloaded, not just merged: the export holds no `A` or `B`.
-        merge_lora(copy, unload=True)
+        merge.merge_lora(copy, unload=True)
     if prefix_mlp:
-        eject_prefix(copy)
+        eject.eject_prefix(copy)
     return copy

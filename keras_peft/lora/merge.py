@@ -7,12 +7,17 @@ from keras_peft.core import surgery
 from keras_peft.layers.lora_dense import LoRADense
 
 
-def _lora_layers(model):
-    layers = [
+def lora_layers(model):
+    """Every `LoRADense` in `model`, in layer-tree order."""
+    return [
         layer
         for layer, _ in layer_tree.iter_layers(model)
         if isinstance(layer, LoRADense)
     ]
+
+
+def _required_lora_layers(model):
+    layers = lora_layers(model)
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no LoRA layers; apply a "
@@ -45,7 +50,7 @@ def merge_lora(model, unload=False):
     ```
     """
     model = architectures.resolve_model(model).model
-    layers = _lora_layers(model)
+    layers = _required_lora_layers(model)
     for layer in layers:
         layer.merge()
     surgery.forget_compiled_functions(model)
@@ -71,7 +76,7 @@ def unmerge_lora(model):
     ```
     """
     model = architectures.resolve_model(model).model
-    for layer in _lora_layers(model):
+    for layer in _required_lora_layers(model):
         layer.unmerge()
     surgery.forget_compiled_functions(model)
     return model

@@ -11,6 +11,16 @@ from keras_peft.core import surgery
 from keras_peft.layers.prefix_attention import PrefixAttention
 
 
+def reparametrized_prefixes(model):
+    """Every `PrefixAttention` in `model` whose prefix an MLP computes."""
+    return [
+        layer
+        for layer, _ in layer_tree.iter_layers(model)
+        if isinstance(layer, PrefixAttention)
+        and layer.prefix_source is not None
+    ]
+
+
 def eject_prefix(model):
     """Replaces the prefix MLP by the prefix it computes: same outputs.
 
@@ -37,12 +47,7 @@ def eject_prefix(model):
     ```
     """
     context = architectures.resolve_model(model)
-    layers = [
-        layer
-        for layer, _ in layer_tree.iter_layers(context.model)
-        if isinstance(layer, PrefixAttention)
-        and layer.prefix_source is not None
-    ]
+    layers = reparametrized_prefixes(context.model)
     if not layers:
         raise ValueError(
             f"{type(model).__name__} has no reparametrized prefix to eject: "
