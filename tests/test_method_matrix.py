@@ -1,5 +1,7 @@
 """The same behavioural checks for every (model x method) pair."""
 
+import dataclasses
+import json
 import os
 
 import keras
@@ -164,6 +166,40 @@ def test_fit_trains_only_new_weights(model_name, jit_compile, method_name):
             np.testing.assert_array_equal(variable.numpy(), old, variable.path)
 
 
+def _assert_computed_prefix_round_trip(model_case, model, expected, tmp_path):
+    """By default a prefix trained through its MLP is saved as the prefix
+    the MLP computes, which loads as a directly trained prefix: the same
+    outputs from the file of the prefix-tuning paper."""
+    summary = keras_peft.trainable_summary(model)
+    if not summary.prefix_mlp:
+        assert summary.saved == summary.trainable
+        return
+    assert "save_adapter stores the prefix the MLP computes" in str(summary)
+    path = os.path.join(tmp_path, "computed")
+    keras_peft.save_adapter(model, path)
+    with open(os.path.join(path, "adapter_config.json")) as f:
+        document = json.load(f)
+    assert document["prefix"] == "computed"
+    size = os.path.getsize(os.path.join(path, "adapter_weights.safetensors"))
+    variables = len(document["variables"])
+    assert 4 * summary.saved <= size <= 4 * summary.saved + 400 * variables
+    assert summary.saved < summary.trainable
+
+    fresh = model_case.build()
+    keras_peft.load_adapter(fresh, path)
+    assert not keras_peft.trainable_summary(fresh).prefix_mlp
+    assert keras_peft.trainable_summary(fresh).trainable == summary.saved
+    assert keras_peft.applied_configs(fresh) == tuple(
+        dataclasses.replace(c, reparam=False)
+        if c.method == "prefix_tuning"
+        else c
+        for c in keras_peft.applied_configs(model)
+    )
+    # Close, not exact: the MLP computes the prefix inside the traced
+    # forward pass of `model`, but eagerly when saved.
+    helpers.assert_outputs_close(model_case.outputs(fresh), expected, atol=1e-5)
+
+
 def _assert_round_trip(model_case, model, tmp_path):
     """Save, then load into a fresh model; then load again into that model,
     which already carries the adapter (one backbone, many tasks: loading
@@ -174,8 +210,11 @@ def _assert_round_trip(model_case, model, tmp_path):
     for variable in model.trainable_weights:
         variable.assign(rng.normal(size=variable.shape).astype("float32"))
     expected = model_case.outputs(model)
+    _assert_computed_prefix_round_trip(model_case, model, expected, tmp_path)
+    # With a prefix MLP kept, the bundle holds exactly the trainable
+    # variables, and the loaded model is the same model.
     path = os.path.join(tmp_path, "adapter")
-    keras_peft.save_adapter(model, path)
+    keras_peft.save_adapter(model, path, keep_prefix_mlp=True)
 
     trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
     total = sum(int(np.prod(v.shape)) for v in model.weights)

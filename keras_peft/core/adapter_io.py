@@ -18,6 +18,7 @@ from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core.atomic_dir import atomic_directory
+from keras_peft.prefix_tuning import eject
 from keras_peft.version import __version__
 
 FORMAT = "keras-peft-adapter"
@@ -74,7 +75,7 @@ def _may_replace(path):
     return True
 
 
-def save_adapter(model, path):
+def save_adapter(model, path, keep_prefix_mlp=False):
     """Saves only what trains: adapter weights, trainable head, JSON config.
 
     Writes a directory with `adapter_config.json` (the method configs, the
@@ -85,15 +86,37 @@ def save_adapter(model, path):
     holding an older adapter is replaced; any other existing path is
     refused.
 
+    A prefix trained through its reparametrization MLP
+    (`PrefixTuningConfig(reparam=True)`, the default, and `MAMConfig`) is
+    saved as the prefix the MLP computes, `2 * length * hidden` values per
+    attention layer: the file of Li & Liang's paper, a small fraction of
+    the MLP's size. The bundle then holds the config with `reparam=False`
+    and loads into a fresh model as a directly trained prefix, giving the
+    same outputs; the model saved from is left as it was. Pass
+    `keep_prefix_mlp=True` to store the MLP and `P'` instead, to train
+    further through the MLP after loading. `adapter_config.json`'s
+    `"prefix"` entry says which a bundle holds: `"computed"` (the MLP's
+    output), `"mlp"` (the MLP and `P'`) or `"direct"` (a prefix trained
+    without an MLP, or after `eject_prefix`).
+
     Args:
         model: a model keras-peft methods were applied to.
         path: str. The directory to write.
+        keep_prefix_mlp: bool. Store a reparametrized prefix's MLP instead
+            of the prefix it computes. Defaults to `False`.
 
     Example:
     ```python
     keras_peft.save_adapter(classifier, "adapters/sst2")
+    keras_peft.save_adapter(seq2seq_lm, "adapters/e2e-ckpt",
+                            keep_prefix_mlp=True)  # to resume training
     ```
     """
+    if not isinstance(keep_prefix_mlp, bool):
+        raise TypeError(
+            f"`keep_prefix_mlp` must be True or False. Received: "
+            f"{keep_prefix_mlp!r}"
+        )
     context = architectures.resolve_model(model)
     state = state_lib.get_state(context.backbone)
     if state is None:
@@ -101,19 +124,25 @@ def save_adapter(model, path):
             f"{type(model).__name__} has no keras-peft adapter applied; "
             "call `keras_peft.apply` first."
         )
-    variables = [v for v in context.model.weights if v.trainable]
-    addresses = layer_tree.variable_addresses(context.model)
+    configs = state.configs
+    computed = (
+        [] if keep_prefix_mlp else eject.reparametrized_prefixes(context.model)
+    )
+    if computed:
+        configs = eject.ejected_configs(configs)
     arrays, entries = {}, []
-    for index, variable in enumerate(variables):
-        key = f"v{index:04d}"
-        arrays[key] = _to_numpy(variable)
+    for address, path_, dtype, value in _saved_variables(
+        context.model, computed
+    ):
+        key = f"v{len(entries):04d}"
+        arrays[key] = value
         entries.append(
             {
                 "key": key,
-                "address": addresses[id(variable)],
-                "path": variable.path,
-                "shape": list(variable.shape),
-                "dtype": str(variable.dtype),
+                "address": address,
+                "path": path_,
+                "shape": list(value.shape),
+                "dtype": dtype,
             }
         )
     with atomic_directory(path, _may_replace) as tmp:
@@ -130,14 +159,63 @@ def save_adapter(model, path):
             "backbone_signature": context.architecture.signature(
                 context.backbone
             ),
-            "configs": [config.to_dict() for config in state.configs],
+            "configs": [config.to_dict() for config in configs],
             "weights_file": WEIGHTS_FILE,
             "weights_sha256": _sha256(weights_path),
             "variables": entries,
         }
+        prefix = _prefix_storage(state.configs, computed)
+        if prefix is not None:
+            document["prefix"] = prefix
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(document, f, indent=2, sort_keys=True)
             f.write("\n")
+
+
+def _prefix_storage(configs, computed):
+    """How a bundle holds its prefix, for the reader of its config file."""
+    prefixes = [c for c in configs if c.method == "prefix_tuning"]
+    if not prefixes:
+        return None
+    if computed:
+        return "computed"
+    if any(c.reparam for c in prefixes):
+        return "mlp"
+    return "direct"
+
+
+def _saved_variables(model, computed):
+    """Yields `(address, path, dtype, array)` for each variable to save.
+
+    The model's trainable variables, except that the prefix MLPs feeding
+    the `PrefixAttention` layers in `computed` are replaced by the prefix
+    each layer gets from them, at the address `eject_prefix` would give it.
+    """
+    addresses = layer_tree.variable_addresses(model)
+    dropped = {
+        id(variable)
+        for layer in computed
+        for variable in layer.prefix_source.weights
+    }
+    for variable in model.weights:
+        if variable.trainable and id(variable) not in dropped:
+            yield (
+                addresses[id(variable)],
+                variable.path,
+                str(variable.dtype),
+                _to_numpy(variable),
+            )
+    layer_addresses = layer_tree.layer_addresses(model) if computed else {}
+    for layer in computed:
+        dtype = keras.backend.standardize_dtype(layer.variable_dtype)
+        for name, value in zip(("prefix_key", "prefix_value"), layer.prefix()):
+            value = np.asarray(keras.ops.convert_to_numpy(value))
+            yield (
+                layer_addresses[id(layer)] + name,
+                f"{layer.path}/{name}",
+                dtype,
+                value.astype(_stored_dtype(dtype)),
+            )
 
 
 def _stored_dtype(dtype):
@@ -329,10 +407,17 @@ def load_adapter(model, path):
         addresses = plan.variable_addresses_after()
     else:
         mismatch = _describe_config_mismatch(bundle.configs, applied)
+        hint = (
+            " The file holds the prefix its MLP computed, saved without the "
+            "MLP: call `keras_peft.eject_prefix(model)` first, or load it "
+            "into a model without adapters."
+            if eject.ejected_configs(applied) == bundle.configs
+            else " Load it into a model without adapters, or one with the "
+            "same configs."
+        )
         raise ValueError(
             f"Cannot load adapter {path!r}: the model already has other "
-            f"adapters applied ({mismatch}). Load it into a model without "
-            "adapters, or one with the same configs."
+            f"adapters applied ({mismatch}).{hint}"
         )
 
     try:

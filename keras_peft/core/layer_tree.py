@@ -105,6 +105,55 @@ def _default_name_stem(layer):
     return None
 
 
+def _addressed_layers(root, replacements=None):
+    """Yields `(layer, address)` for every layer under `root`, pre-order.
+
+    `address` is the chain of names from `root` (excluded) down to the
+    layer, each followed by `/` (`""` for `root`); see `variable_addresses`.
+    """
+    replacements = replacements or {}
+    seen = set()
+
+    def visit(layer, prefix, pending):
+        if id(layer) in pending:
+            new = pending[id(layer)]
+            pending = {k: v for k, v in pending.items() if k != id(layer)}
+            layer = new
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        yield layer, prefix
+        children = [pending.get(id(child), child) for child in layer._layers]
+        ranks = {}
+        for original, child in zip(layer._layers, children):
+            stem = _default_name_stem(child)
+            if stem is None:
+                name = child.name
+            else:
+                name = f"{stem}[{ranks.get(stem, 0)}]"
+                ranks[stem] = ranks.get(stem, 0) + 1
+            yield from visit(original, f"{prefix}{name}/", pending)
+
+    yield from visit(root, "", dict(replacements))
+
+
+def layer_addresses(root, replacements=None):
+    """Maps `id(layer)` to the address prefix of the layer's variables.
+
+    A variable named `v` of the layer has the address `prefix + "v"` in
+    `variable_addresses`, also for a variable the layer does not hold yet.
+
+    Args:
+        root: the model.
+        replacements: optional dict from `id(old_layer)` to the new layer,
+            as in `layers_in_order`.
+    """
+    return {
+        id(layer): prefix
+        for layer, prefix in _addressed_layers(root, replacements)
+    }
+
+
 def variable_addresses(root, replacements=None):
     """Maps `id(variable)` to an address of the variable under `root`.
 
@@ -127,17 +176,8 @@ def variable_addresses(root, replacements=None):
         ValueError: two variables get one address (sibling layers that
             share a name).
     """
-    replacements = replacements or {}
-    addresses, seen, owners = {}, set(), {}
-
-    def visit(layer, prefix, pending):
-        if id(layer) in pending:
-            new = pending[id(layer)]
-            pending = {k: v for k, v in pending.items() if k != id(layer)}
-            layer = new
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
+    addresses, owners = {}, {}
+    for layer, prefix in _addressed_layers(root, replacements):
         for variable in (
             layer._trainable_variables + layer._non_trainable_variables
         ):
@@ -153,16 +193,4 @@ def variable_addresses(root, replacements=None):
                 )
             owners[address] = variable.path
             addresses[id(variable)] = address
-        children = [pending.get(id(child), child) for child in layer._layers]
-        ranks = {}
-        for original, child in zip(layer._layers, children):
-            stem = _default_name_stem(child)
-            if stem is None:
-                name = child.name
-            else:
-                name = f"{stem}[{ranks.get(stem, 0)}]"
-                ranks[stem] = ranks.get(stem, 0) + 1
-            visit(original, f"{prefix}{name}/", pending)
-
-    visit(root, "", dict(replacements))
     return addresses

@@ -8,6 +8,7 @@ from keras_peft.core import config as config_lib
 from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.prefix_tuning import eject
 
 
 def _size(variable):
@@ -27,6 +28,11 @@ class TrainableSummary:
             (task layers outside the backbone) and `"base"` (backbone weights
             a config keeps trainable, such as LoRA biases or the layer norms
             of Houlsby adapters).
+        prefix_mlp: int. Trainable parameters of prefix reparametrization
+            MLPs (and their `P'`), counted in `trainable`. Defaults to `0`.
+        computed_prefix: int. Values of the prefixes those MLPs compute:
+            what `keras_peft.save_adapter` stores in their place. Defaults
+            to `0`.
 
     Example:
     ```python
@@ -40,11 +46,18 @@ class TrainableSummary:
     trainable: int
     total: int
     groups: tuple
+    prefix_mlp: int = 0
+    computed_prefix: int = 0
 
     @property
     def fraction(self):
         """`trainable / total`."""
         return self.trainable / self.total if self.total else 0.0
+
+    @property
+    def saved(self):
+        """Parameters `keras_peft.save_adapter` stores by default."""
+        return self.trainable - self.prefix_mlp + self.computed_prefix
 
     def __str__(self):
         width = max(len(f"{self.total:,}"), 9)
@@ -54,6 +67,13 @@ class TrainableSummary:
         lines.append(f"  {'trainable':<12}{self.trainable:>{width},}")
         lines.append(f"  {'total':<12}{self.total:>{width},}")
         lines.append(f"  {'fraction':<12}{self.fraction:>{width}.4%}")
+        if self.prefix_mlp:
+            lines.append(f"  {'saved':<12}{self.saved:>{width},}")
+            lines.append(
+                f"  (save_adapter stores the prefix the MLP computes, "
+                f"{self.computed_prefix:,} values,\n   not the MLP's "
+                f"{self.prefix_mlp:,}; keep_prefix_mlp=True stores the MLP)"
+            )
         return "\n".join(lines)
 
 
@@ -128,11 +148,22 @@ def trainable_summary(model):
         trainable += size
         counts[group] = counts.get(group, 0) + size
     order = sorted(counts, key=_group_order)
+    prefixes = eject.reparametrized_prefixes(model)
+    sources = {
+        id(layer.prefix_source): layer.prefix_source for layer in prefixes
+    }
     return TrainableSummary(
         model_name=type(model).__name__,
         trainable=trainable,
         total=total,
         groups=tuple((g, counts[g]) for g in order),
+        prefix_mlp=sum(
+            _size(v)
+            for source in sources.values()
+            for v in source.weights
+            if v.trainable
+        ),
+        computed_prefix=eject.computed_prefix_size(prefixes),
     )
 
 

@@ -23,9 +23,11 @@ class PrefixTuningConfig(config_lib.PeftConfig):
     Args:
         length: int. Prefix length `l`. Defaults to `30`.
         reparam: bool. Compute every layer's prefix as `MLP(P')` (Li &
-            Liang's reparametrization, for stable training); drop the MLP
-            after training with `keras_peft.eject_prefix`. `False` trains
-            the prefix directly. Defaults to `True`.
+            Liang's reparametrization, for stable training).
+            `keras_peft.save_adapter` stores the computed prefix, not the
+            MLP, unless told otherwise; `keras_peft.eject_prefix` drops the
+            MLP from the model. `False` trains the prefix directly.
+            Defaults to `True`.
         reparam_hidden: int. Width of `P'` and of the MLP. Defaults to `512`.
         init: str. `"random"`, or `"text"`: each layer's prefix starts as the
             keys and values the frozen model computes for `init_text`'s

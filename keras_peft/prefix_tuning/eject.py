@@ -21,16 +21,35 @@ def reparametrized_prefixes(model):
     ]
 
 
+def ejected_configs(configs):
+    """`configs` as `eject_prefix` leaves them: prefixes without their MLP."""
+    return tuple(
+        dataclasses.replace(config, reparam=False)
+        if config.method == "prefix_tuning"
+        else config
+        for config in configs
+    )
+
+
+def computed_prefix_size(layers):
+    """How many values the prefixes of `layers` hold once computed."""
+    return sum(
+        layer.length * layer.num_heads * (layer.key_dim + layer.value_dim)
+        for layer in layers
+    )
+
+
 def eject_prefix(model):
     """Replaces the prefix MLP by the prefix it computes: same outputs.
 
     After training with `PrefixTuningConfig(reparam=True)`, each attention
     layer keeps its computed keys and values `P` and the MLP and `P'` are
     dropped: the trainable parameter count falls to
-    `2 * length * hidden * n_attention_layers` and `save_adapter` stores only
-    `P`. The applied config becomes `reparam=False` (what the model now
-    is), so the saved adapter loads into a fresh model. Re-compile before
-    training further.
+    `2 * length * hidden * n_attention_layers`, and serving no longer
+    recomputes the prefix at every step. The applied config becomes
+    `reparam=False` (what the model now is). `save_adapter` stores the
+    computed prefix with or without this step. Re-compile before training
+    further.
 
     Args:
         model: a model with reparametrized prefix tuning applied.
@@ -42,8 +61,8 @@ def eject_prefix(model):
     ```python
     keras_peft.apply(seq2seq_lm, keras_peft.PrefixTuningConfig(length=30))
     seq2seq_lm.fit(data)
-    keras_peft.eject_prefix(seq2seq_lm)
-    keras_peft.save_adapter(seq2seq_lm, "adapters/xsum")  # only P
+    keras_peft.eject_prefix(seq2seq_lm)  # P only, for serving
+    seq2seq_lm.generate("summarize: ...")
     ```
     """
     context = architectures.resolve_model(model)
@@ -56,14 +75,10 @@ def eject_prefix(model):
     for layer in layers:
         layer.eject()
     state = state_lib.get_state(context.backbone)
-    configs = tuple(
-        dataclasses.replace(config, reparam=False)
-        if config.method == "prefix_tuning"
-        else config
-        for config in state.configs
-    )
     state = state_lib.PeftState(
-        configs, state.trainable_base_variables, state.original_trainable
+        ejected_configs(state.configs),
+        state.trainable_base_variables,
+        state.original_trainable,
     )
     injection.record_state(context.backbone, state)
     surgery.forget_compiled_functions(context.model)

@@ -253,7 +253,8 @@ def test_a_trained_model_changed_by_keras_peft_asks_for_compile_again(
         keras_peft.apply(model, keras_peft.PrefixTuningConfig(length=2))
     assert model.compiled
     path = os.path.join(tmp_path, "adapter")
-    keras_peft.save_adapter(model, path)
+    # With the MLP, so that the loaded model has a prefix to eject.
+    keras_peft.save_adapter(model, path, keep_prefix_mlp=True)
 
     def apply_lora(model):
         keras_peft.apply(model, keras_peft.LoRAConfig(rank=2))

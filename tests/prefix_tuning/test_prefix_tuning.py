@@ -324,3 +324,57 @@ def test_prompt_prefix_and_lora_together_on_t5(tmp_path):
     keras_peft.load_adapter(fresh, path)
     # Exact: the same ops run on the same values.
     helpers.assert_outputs_equal(case.outputs(fresh), expected)
+
+
+def test_default_bundle_holds_the_computed_prefix_of_the_paper(tmp_path):
+    """By default `save_adapter` stores `2 l d` values per attention layer,
+    not the MLP; `keep_prefix_mlp=True` stores the MLP, which loads as a
+    reparametrized prefix that trains on; a model still carrying its MLP
+    is told how to take a computed-prefix file."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = case.build()
+    keras_peft.apply(
+        model,
+        keras_peft.PrefixTuningConfig(length=LENGTH, reparam_hidden=HIDDEN),
+    )
+    helpers.randomize_trainable(model)
+    expected = case.outputs(model)
+    head = helpers.head_parameters(model, case)
+    prefix = helpers.prefix_count(case, LENGTH)
+    summary = keras_peft.trainable_summary(model)
+    assert summary.computed_prefix == prefix
+    assert summary.prefix_mlp == helpers.reparametrized_prefix_count(
+        case, LENGTH, HIDDEN
+    )
+    assert summary.saved == head + prefix
+
+    computed = os.path.join(tmp_path, "computed")
+    keras_peft.save_adapter(model, computed)
+    arrays = safetensors.numpy.load_file(
+        os.path.join(computed, "adapter_weights.safetensors")
+    )
+    assert sum(a.size for a in arrays.values()) == head + prefix
+    # The model saved from still trains through its MLP.
+    assert keras_peft.applied_configs(model)[0].reparam is True
+    assert _count(model) == summary.trainable
+
+    with_mlp = os.path.join(tmp_path, "with_mlp")
+    keras_peft.save_adapter(model, with_mlp, keep_prefix_mlp=True)
+    arrays = safetensors.numpy.load_file(
+        os.path.join(with_mlp, "adapter_weights.safetensors")
+    )
+    assert sum(a.size for a in arrays.values()) == summary.trainable
+    fresh = case.build()
+    keras_peft.load_adapter(fresh, with_mlp)
+    assert keras_peft.applied_configs(fresh)[0].reparam is True
+    # Exact: the same ops run on the same values.
+    helpers.assert_outputs_equal(case.outputs(fresh), expected)
+
+    with pytest.raises(ValueError, match=r"eject_prefix\(model\)` first"):
+        keras_peft.load_adapter(fresh, computed)
+    keras_peft.eject_prefix(fresh)
+    keras_peft.load_adapter(fresh, computed)
+    helpers.assert_outputs_close(case.outputs(fresh), expected, atol=1e-5)
+
+    with pytest.raises(TypeError, match="keep_prefix_mlp"):
+        keras_peft.save_adapter(model, computed, keep_prefix_mlp="yes")
