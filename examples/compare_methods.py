@@ -24,7 +24,7 @@ comments in `PRESET_RATES` say which); `--lr`, `--head-lr` and `--group-lr`
 override them per method.
 
 Offline by default: the quickstart's small random BERT and its synthetic
-sentiment task (`examples/quickstart.py`), a check that everything runs.
+sentiment task (`examples/sentiment_task.py`), a check that everything runs.
 That BERT is not pretrained: its [CLS] output barely depends on the other
 tokens, so the methods that keep its attention as it is (the adapters at the
 FFN, BitFit, prompt and prefix) stay near chance there; compare methods on a
@@ -47,7 +47,6 @@ the trainable share (`--plot`).
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -61,8 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
-import numpy as np  # noqa: E402
-import quickstart  # noqa: E402
+import sentiment_task  # noqa: E402
 
 import keras_peft  # noqa: E402
 
@@ -313,101 +311,25 @@ def parse_args(argv=None):
     return args
 
 
-def load_tsv(path, args):
-    """Disjoint `(train, val)` pairs of (sentences, labels) from a
-    `sentence<TAB>label` file, after a seeded shuffle."""
-    rows, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            sentence, _, label = line.rstrip("\n").rpartition("\t")
-            sentence = sentence.strip()
-            if not label.strip().isdigit():
-                continue  # a header row
-            # Exact duplicates dropped: no validation sentence is trained on.
-            if sentence and sentence not in seen:
-                seen.add(sentence)
-                rows.append((sentence, int(label)))
-    if args.train + args.val > len(rows):
-        raise SystemExit(
-            f"--train + --val = {args.train + args.val} exceeds the "
-            f"{len(rows)} distinct sentences in {path}"
-        )
-    order = np.random.default_rng(args.seed).permutation(len(rows))
-
-    def pick(indices):
-        return (
-            np.array([rows[i][0] for i in indices]),
-            np.array([rows[i][1] for i in indices]),
-        )
-
-    return pick(order[args.val : args.val + args.train]), pick(
-        order[: args.val]
-    )
-
-
 def load_data(args):
     if args.data:
-        return load_tsv(args.data, args)
+        return sentiment_task.load_tsv(
+            args.data, args.train, args.val, args.seed
+        )
     # Different seeds: no validation sentence list is the training one.
-    train = quickstart.make_dataset(args.train, seed=args.seed + 1)
-    val = quickstart.make_dataset(args.val, seed=args.seed + 2)
+    train = sentiment_task.make_dataset(args.train, seed=args.seed + 1)
+    val = sentiment_task.make_dataset(args.val, seed=args.seed + 2)
     return train, val
-
-
-def hugging_face_fixes(preset):
-    """For a Hugging Face format directory: `(gelu_exact, tokenizer_kwargs)`
-    of what keras-hub's converter leaves out, else `None`."""
-    config_path = os.path.join(preset, "config.json")
-    if not os.path.isfile(config_path):
-        return None
-    with open(config_path) as f:
-        config = json.load(f)
-    tokenizer_config = {}
-    path = os.path.join(preset, "tokenizer_config.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            tokenizer_config = json.load(f)
-    lowercase = tokenizer_config.get("do_lower_case", True)
-    # Hugging Face's BertTokenizer strips accents when it lowercases, unless
-    # told otherwise; keras-hub's converter never does.
-    strip_accents = tokenizer_config.get("strip_accents")
-    if strip_accents is None:
-        strip_accents = lowercase
-    tokenizer = {
-        "vocabulary": os.path.join(preset, "vocab.txt"),
-        "lowercase": lowercase,
-        "strip_accents": strip_accents,
-    }
-    # keras-hub's BERT uses the tanh-approximate GELU; "gelu" is the exact.
-    return config.get("hidden_act") == "gelu", tokenizer
 
 
 def build_classifier(args):
     """The base model, the same for every method (same seed)."""
     keras.utils.set_random_seed(args.seed)
     if not args.preset:
-        model = quickstart.small_classifier()
-        model.preprocessor.sequence_length = args.seq
-        return model
-    fixes = hugging_face_fixes(args.preset)
-    kwargs = {}
-    if fixes is not None:
-        tokenizer = keras_hub.models.BertTokenizer(**fixes[1])
-        kwargs["preprocessor"] = (
-            keras_hub.models.BertTextClassifierPreprocessor(
-                tokenizer, sequence_length=args.seq
-            )
-        )
-    model = keras_hub.models.BertTextClassifier.from_preset(
-        args.preset, num_classes=args.num_classes, **kwargs
+        return sentiment_task.small_classifier(sequence_length=args.seq)
+    return sentiment_task.preset_classifier(
+        args.preset, num_classes=args.num_classes, sequence_length=args.seq
     )
-    model.preprocessor.sequence_length = args.seq
-    if fixes is not None and fixes[0]:
-        for layer in model.backbone._flatten_layers(include_self=False):
-            dense = getattr(layer, "_feedforward_intermediate_dense", None)
-            if dense is not None:
-                dense.activation = keras.activations.gelu
-    return model
 
 
 def batches(sentences, labels, args, seed=None):
