@@ -117,7 +117,11 @@ def hugging_face_fixes(preset):
     """For a Hugging Face format directory: `(gelu_exact, tokenizer_kwargs)`
     of what keras-hub's converter leaves out, else `None`."""
     config_path = os.path.join(preset, "config.json")
-    if not os.path.isfile(config_path):
+    # keras-hub's own preset directories hold a config.json too, and a
+    # metadata.json that Hugging Face ones lack.
+    if not os.path.isfile(config_path) or os.path.isfile(
+        os.path.join(preset, "metadata.json")
+    ):
         return None
     with open(config_path) as f:
         config = json.load(f)

@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,3 +79,21 @@ def test_load_tsv_with_or_without_header(tmp_path, header):
     assert pairs == {"a gripping film": 1, "dull": 0, "moving": 1, "flat": 0}
     with pytest.raises(SystemExit, match="exceed the 4 distinct"):
         load_tsv(path, 4, 1, seed=0)
+
+
+def test_preset_classifier_loads_a_keras_hub_preset_directory(tmp_path):
+    """A directory `save_to_preset` wrote (keras-hub's format, with a
+    config.json of its own) is not taken for a Hugging Face one."""
+    task = _sentiment_task()
+    model = task.small_classifier()
+    model.save_to_preset(str(tmp_path))
+    assert task.hugging_face_fixes(str(tmp_path)) is None
+    loaded = task.preset_classifier(str(tmp_path))
+    # The backbone's weights and the vocabulary came back (the head is
+    # new: `preset_classifier` asks for a fresh one).
+    np.testing.assert_array_equal(
+        loaded.backbone.get_layer("token_embedding").get_weights()[0],
+        model.backbone.get_layer("token_embedding").get_weights()[0],
+    )
+    tokenizers = [m.preprocessor.tokenizer for m in (loaded, model)]
+    assert tokenizers[0].get_vocabulary() == tokenizers[1].get_vocabulary()

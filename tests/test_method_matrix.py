@@ -190,7 +190,7 @@ def _assert_computed_prefix_round_trip(model_case, model, expected, tmp_path):
     assert not keras_peft.trainable_summary(fresh).prefix_mlp
     assert keras_peft.trainable_summary(fresh).trainable == summary.saved
     assert keras_peft.applied_configs(fresh) == tuple(
-        dataclasses.replace(c, reparam=False)
+        dataclasses.replace(c, reparam=False, reparam_hidden=512)
         if c.method == "prefix_tuning"
         else c
         for c in keras_peft.applied_configs(model)

@@ -92,7 +92,9 @@ def save_adapter(model, path, keep_prefix_mlp=False):
     attention layer: the file of Li & Liang's paper, a small fraction of
     the MLP's size. The bundle then holds the config with `reparam=False`
     and loads into a fresh model as a directly trained prefix, giving the
-    same outputs; the model saved from is left as it was. Pass
+    same outputs (under a mixed precision policy, to the rounding of the
+    compute dtype: the prefix is computed and stored in float32); the model
+    saved from is left as it was. Pass
     `keep_prefix_mlp=True` to store the MLP and `P'` instead, to train
     further through the MLP after loading. `adapter_config.json`'s
     `"prefix"` entry says which a bundle holds: `"computed"` (the MLP's
@@ -126,12 +128,14 @@ def save_adapter(model, path, keep_prefix_mlp=False):
         )
     configs = state.configs
     computed = (
-        [] if keep_prefix_mlp else eject.reparametrized_prefixes(context.model)
+        []
+        if keep_prefix_mlp
+        else eject.trained_reparametrized_prefixes(context.model)
     )
     if computed:
         configs = eject.ejected_configs(configs)
     arrays, entries = {}, []
-    for address, path_, dtype, value in _saved_variables(
+    for address, variable_path, dtype, value in _saved_variables(
         context.model, computed
     ):
         key = f"v{len(entries):04d}"
@@ -140,7 +144,7 @@ def save_adapter(model, path, keep_prefix_mlp=False):
             {
                 "key": key,
                 "address": address,
-                "path": path_,
+                "path": variable_path,
                 "shape": list(value.shape),
                 "dtype": dtype,
             }
@@ -356,10 +360,12 @@ def load_adapter(model, path):
     """Loads an adapter saved by `save_adapter` into a model.
 
     Applies the saved configs first if the model has none, then loads the
-    weights. Everything is checked before any weight changes: a missing or
-    corrupted directory, another architecture or model size, another method
-    or another config (such as a different rank) raises a `ValueError` and
-    leaves the model as it was.
+    weights. A bundle holding a computed prefix (`save_adapter`'s default)
+    loads as a prefix trained directly (`reparam=False`); one saved with
+    `keep_prefix_mlp=True` brings its MLP back. Everything is checked
+    before any weight changes: a missing or corrupted directory, another
+    architecture or model size, another method or another config (such as
+    a different rank) raises a `ValueError` and leaves the model as it was.
 
     Args:
         model: a model with the same base weights as the one saved from.

@@ -152,6 +152,12 @@ _NOT_NEEDED = {
     "modules_to_save": "a task's head (outside the backbone) trains and is "
     "saved with the adapter by default",
     "revision": "keras-peft configs are not downloaded",
+    # HF PEFT's prompt-learning configs restate the model's shape.
+    "num_layers": "keras-peft reads the model's shape from the model",
+    "token_dim": "keras-peft reads the model's shape from the model",
+    "num_attention_heads": "keras-peft reads the model's shape from the model",
+    "num_transformer_submodules": "keras-peft reads the model's shape from "
+    "the model",
 }
 
 

@@ -148,7 +148,7 @@ def trainable_summary(model):
         trainable += size
         counts[group] = counts.get(group, 0) + size
     order = sorted(counts, key=_group_order)
-    prefixes = eject.reparametrized_prefixes(model)
+    prefixes = eject.trained_reparametrized_prefixes(model)
     sources = {
         id(layer.prefix_source): layer.prefix_source for layer in prefixes
     }

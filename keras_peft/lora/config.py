@@ -59,6 +59,13 @@ class LoRAConfig(config_lib.PeftConfig):
         "layout itself",
         "init_lora_weights": "keras-peft always starts `B` at zero, so an "
         "applied model computes what the base did",
+        "use_dora": "DoRA is not implemented in keras-peft",
+        "layers_to_transform": "choose layers with `targets` patterns "
+        "(regular expressions over layer paths)",
+        "layers_pattern": "choose layers with `targets` patterns (regular "
+        "expressions over layer paths)",
+        "rank_pattern": "keras-peft has one `rank` per config",
+        "alpha_pattern": "keras-peft has one `alpha` per config",
     }
 
     rank: int = 8

@@ -3,6 +3,7 @@
 from keras_peft.core import architectures
 from keras_peft.core import injection
 from keras_peft.core import layer_tree
+from keras_peft.core import recompile
 from keras_peft.core import surgery
 from keras_peft.layers.lora_dense import LoRADense
 
@@ -56,6 +57,8 @@ def merge_lora(model, unload=False):
     surgery.forget_compiled_functions(model)
     if unload:
         injection.remove_method(model, LoRADense.method, LoRADense.release)
+        # The base weights get their trainable flags back.
+        recompile.require_recompile(model, "keras_peft.merge_lora(unload=True)")
     return model
 
 

@@ -9,6 +9,12 @@ from keras_peft.core import recompile
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.layers.prefix_attention import PrefixAttention
+from keras_peft.prefix_tuning.config import PrefixTuningConfig
+
+_FIELD_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(PrefixTuningConfig)
+}
 
 
 def reparametrized_prefixes(model):
@@ -21,10 +27,28 @@ def reparametrized_prefixes(model):
     ]
 
 
+def trained_reparametrized_prefixes(model):
+    """The reparametrized prefixes whose MLP trains: what `save_adapter`
+    stores as computed prefixes."""
+    return [
+        layer
+        for layer in reparametrized_prefixes(model)
+        if any(v.trainable for v in layer.prefix_source.weights)
+    ]
+
+
 def ejected_configs(configs):
-    """`configs` as `eject_prefix` leaves them: prefixes without their MLP."""
+    """`configs` as `eject_prefix` leaves them: prefixes without their MLP.
+
+    The MLP's width no longer means anything and goes back to its default,
+    so the result equals the config of a prefix trained directly.
+    """
     return tuple(
-        dataclasses.replace(config, reparam=False)
+        dataclasses.replace(
+            config,
+            reparam=False,
+            reparam_hidden=_FIELD_DEFAULTS["reparam_hidden"],
+        )
         if config.method == "prefix_tuning"
         else config
         for config in configs

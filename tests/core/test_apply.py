@@ -277,6 +277,14 @@ def test_a_trained_model_changed_by_keras_peft_asks_for_compile_again(
     assert _ours(record).filename == __file__
     assert not model.compiled
 
+    model = CLASSIFIER.build()
+    keras_peft.apply(model, keras_peft.LoRAConfig(rank=2))
+    helpers.compile(model, optimizer="adam", loss=CLASSIFIER.loss)
+    with pytest.warns(UserWarning, match="merge_lora.unload=True") as record:
+        keras_peft.merge_lora(model, unload=True)
+    assert _ours(record).filename == __file__
+    assert not model.compiled
+
 
 def _ours(record):
     """The keras-peft warning among those `pytest.warns` recorded."""

@@ -56,6 +56,11 @@ import keras_peft
         (keras_peft.PromptTuningConfig, {"prompt_init": "random"}, "`init`"),
         (keras_peft.LoRAConfig, {"task_type": "SEQ_CLS"}, "is not needed"),
         (keras_peft.BitFitConfig, {"modules_to_save": ["x"]}, "is not needed"),
+        (keras_peft.LoRAConfig, {"use_dora": True}, "DoRA is not"),
+        (keras_peft.LoRAConfig, {"layers_to_transform": [0]}, "`targets`"),
+        (keras_peft.LoRAConfig, {"rank_pattern": {}}, "one `rank`"),
+        (keras_peft.PrefixTuningConfig, {"num_layers": 12}, "from the model"),
+        (keras_peft.PromptTuningConfig, {"token_dim": 768}, "from the model"),
     ],
 )
 def test_a_foreign_name_says_what_it_is_called_here(config_class, kwargs, hint):

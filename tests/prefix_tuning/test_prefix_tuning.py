@@ -375,6 +375,13 @@ def test_default_bundle_holds_the_computed_prefix_of_the_paper(tmp_path):
     keras_peft.eject_prefix(fresh)
     keras_peft.load_adapter(fresh, computed)
     helpers.assert_outputs_close(case.outputs(fresh), expected, atol=1e-5)
+    # As into a model set up for a directly trained prefix of that length.
+    direct = case.build()
+    keras_peft.apply(
+        direct, keras_peft.PrefixTuningConfig(length=LENGTH, reparam=False)
+    )
+    keras_peft.load_adapter(direct, computed)
+    helpers.assert_outputs_close(case.outputs(direct), expected, atol=1e-5)
 
     with pytest.raises(TypeError, match="keep_prefix_mlp"):
         keras_peft.save_adapter(model, computed, keep_prefix_mlp="yes")
