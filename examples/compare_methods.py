@@ -384,12 +384,15 @@ def train_method(method, train, val, args):
         verbose=args.verbose,
         callbacks=[timer],
     )
-    # He et al. count a prefix as what it is after training: the MLP that
-    # reparametrizes it is dropped.
-    ejected = None
-    if any(getattr(c, "reparam", False) for c in _parts(configs)):
-        keras_peft.eject_prefix(model)
-        ejected = keras_peft.trainable_summary(model)
+    # He et al. count a prefix as what it is after training, and as
+    # `save_adapter` stores it: the prefix, without the MLP that
+    # reparametrizes it.
+    saved = saved_total = None
+    if summary.prefix_mlp:
+        saved = summary.saved
+        saved_total = (
+            summary.total - summary.prefix_mlp + summary.computed_prefix
+        )
     steps = timer.seconds[1:]  # the first traces the training function
     return {
         "method": method,
@@ -398,16 +401,11 @@ def train_method(method, train, val, args):
         + "".join(f"; {g} {rate:g}" for g, rate in sorted(groups.items())),
         "trainable": summary.trainable,
         "fraction": summary.fraction,
-        "ejected": None if ejected is None else ejected.trainable,
-        "ejected_fraction": None if ejected is None else ejected.fraction,
+        "saved": saved,
+        "saved_fraction": None if saved is None else saved / saved_total,
         "accuracy": [float(a) for a in history.history["val_accuracy"]],
         "step_ms": 1e3 * statistics.median(steps) if steps else None,
     }
-
-
-def _parts(configs):
-    for config in configs:
-        yield from config.parts() if hasattr(config, "parts") else [config]
 
 
 def table(results):
@@ -418,10 +416,10 @@ def table(results):
     ]
     for r in results:
         params = f"{r['trainable']:,} ({100 * r['fraction']:.2f}%)"
-        if r["ejected"] is not None:
+        if r["saved"] is not None:
             params += (
-                f"; {r['ejected']:,} ({100 * r['ejected_fraction']:.2f}%) "
-                "after `eject_prefix`"
+                f"; {r['saved']:,} ({100 * r['saved_fraction']:.2f}%) "
+                "saved (the computed prefix)"
             )
         curve = " / ".join(f"{a:.3f}" for a in r["accuracy"])
         step = "n/a" if r["step_ms"] is None else f"{r['step_ms']:.0f}"
@@ -477,16 +475,16 @@ def plot(results, path, title):
         x, y = 100 * r["fraction"], 100 * r["accuracy"][-1]
         if r["method"] == "full":
             axes.axhline(y, color="gray", linestyle="--", linewidth=0.8)
-        if r["ejected"] is not None:
+        if r["saved"] is not None:
             # Where the prefix ends up once its MLP is dropped.
-            x_ejected = 100 * r["ejected_fraction"]
-            axes.plot([x, x_ejected], [y, y], ":", color="gray")
-            axes.scatter([x_ejected], [y], facecolors="none", edgecolors="k")
+            x_saved = 100 * r["saved_fraction"]
+            axes.plot([x, x_saved], [y, y], ":", color="gray")
+            axes.scatter([x_saved], [y], facecolors="none", edgecolors="k")
         axes.scatter([x], [y], zorder=3)
         points.append((x, y, r["label"]))
     axes.set_xscale("log")
     shares = [100 * r["fraction"] for r in results] + [
-        100 * r["ejected_fraction"] for r in results if r["ejected"]
+        100 * r["saved_fraction"] for r in results if r["saved"]
     ]
     # Room for the labels, which start right of their points.
     axes.set_xlim(min(shares) / 2, max(shares) * 8)
@@ -498,7 +496,7 @@ def plot(results, path, title):
     figure.text(
         0.01,
         0.01,
-        "hollow: prefix after eject_prefix; dashed: full fine-tuning",
+        "hollow: prefix as saved, without its MLP; dashed: full fine-tuning",
         fontsize=7,
         color="gray",
     )
