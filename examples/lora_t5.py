@@ -27,7 +27,7 @@ local directory). The default learning rate is the one measured offline.
 
     python examples/lora_t5.py
     python examples/lora_t5.py --data ../shared/data/e2e/trainset.csv \\
-        --val-data ../shared/data/e2e/devset.csv
+        --val-data ../shared/data/e2e/devset.csv --train 4000 --val 200
     python examples/lora_t5.py --preset t5_small_multi --targets all
 
 Needs `sentencepiece` and `rouge-score`: `pip install -e ".[examples]"`.

@@ -8,7 +8,7 @@ prefix computed by an MLP from a smaller `P'`) to a `T5Seq2SeqLM`, prints
 the trainable-parameter summary, trains with `model.fit`, prints a few
 generated sentences with the BLEU and ROUGE-L of all validation sentences
 (keras-hub's metrics) before and after training, saves the adapter (the
-prefix the MLP computes, a few KiB), reloads it into a fresh model and
+prefix the MLP computes, 35 KiB), reloads it into a fresh model and
 checks that the logits and the generated sentences match.
 
 One learning rate trains the whole prefix: `T5Seq2SeqLM` has no head of its
@@ -30,7 +30,7 @@ measured offline; tune it for a preset.
 
     python examples/prefix_tuning.py
     python examples/prefix_tuning.py --data ../shared/data/e2e/trainset.csv \\
-        --val-data ../shared/data/e2e/devset.csv
+        --val-data ../shared/data/e2e/devset.csv --train 4000 --val 200
     python examples/prefix_tuning.py --preset t5_small_multi
 
 Needs `sentencepiece` and `rouge-score`: `pip install -e ".[examples]"`.

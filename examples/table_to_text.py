@@ -513,6 +513,12 @@ def parse_args(description, defaults, add_method_args):
     )
     add_method_args(parser)
     args = parser.parse_args()
+    if args.val_data and not args.data:
+        parser.error("--val-data needs --data (the training file)")
+    if args.preset and args.tiny:
+        parser.error("--tiny is for the offline model, not --preset")
+    if args.preset and args.pretrain_epochs:
+        parser.error("--pretrain-epochs pretrains the offline model only")
     for name, value in defaults["tiny" if args.tiny else "default"].items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
@@ -601,7 +607,9 @@ def generate(model, mrs):
 
     Traced (keras-hub's default): tracing costs about what one eager call
     does, and a model keeps its traced function, so later calls (after
-    `fit`, say) are fast. Keeps the model's compiled optimizer and loss.
+    `fit`, say) are fast. A model not yet compiled with a greedy sampler
+    is compiled again (a new optimizer): call it before `compile` or after
+    training, not between.
     """
     if not isinstance(model.sampler, keras_hub.samplers.GreedySampler):
         model.compile(sampler="greedy")
@@ -616,6 +624,9 @@ def score(predictions, references):
     of each MR. keras-hub's `RougeL` takes one reference per prediction, so
     each prediction is scored against its best-matching reference (as
     `rouge_score`'s `score_multi` does) and those scores are averaged.
+    Not comparable with the official E2E scorer's numbers: keras-hub's
+    BLEU takes the brevity penalty from the shortest reference, which
+    favours many-reference sets such as E2E's.
 
     Args:
         predictions: list of str.
