@@ -261,6 +261,22 @@ def parse_args(argv=None):
         help="a variable group's own learning rate in a method, e.g. "
         "mam.adapter=1e-3 (repeatable; groups as keras_peft.variable_groups)",
     )
+    parser.add_argument(
+        "--schedule",
+        choices=("constant", "linear"),
+        default="constant",
+        help="every rate constant, or warmed up linearly over --warmup of "
+        "the steps, then decayed linearly to 0 at the last step",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.1,
+        help="share of the steps the linear schedule warms up over",
+    )
+    parser.add_argument(
+        "--xla", action="store_true", help="compile with jit_compile=True"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--verbose", type=int, default=1, choices=(0, 1, 2), help="as in fit"
@@ -292,6 +308,8 @@ def parse_args(argv=None):
     sizes = (args.train, args.val, args.epochs, args.seq, args.batch)
     if min(sizes) < 1:
         parser.error("sizes and --epochs must be positive")
+    if not 0 <= args.warmup < 1:
+        parser.error(f"--warmup must be in [0, 1): {args.warmup}")
     rates = PRESET_RATES if args.preset else OFFLINE_RATES
     overrides = parse_rates(args.lr, parser, "--lr")
     heads = parse_rates(args.head_lr, parser, "--head-lr")
@@ -344,6 +362,40 @@ def batches(sentences, labels, args, seed=None):
     return dataset.batch(args.batch)
 
 
+@keras.saving.register_keras_serializable(package="compare_methods")
+class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """From 0 up to `peak` over `warmup_steps`, then linearly down to 0 at
+    `total_steps` (the schedule of He et al.'s and Li & Liang's runs)."""
+
+    def __init__(self, peak, warmup_steps, total_steps):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        up = (step + 1) / max(self.warmup_steps, 1)
+        down = (self.total_steps - step) / max(
+            self.total_steps - self.warmup_steps, 1
+        )
+        return self.peak * keras.ops.clip(keras.ops.minimum(up, down), 0.0, 1.0)
+
+    def get_config(self):
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+def rate(value, args):
+    """`value`, or the `--schedule` that peaks at it."""
+    if args.schedule == "constant":
+        return value
+    total = args.epochs * -(-args.train // args.batch)
+    return LinearWarmupDecay(value, round(args.warmup * total), total)
+
+
 class StepTimer(keras.callbacks.Callback):
     """Wall time of each training step."""
 
@@ -364,15 +416,18 @@ def train_method(method, train, val, args):
     if configs:
         keras_peft.apply(model, configs)
     lr, groups = args.rates[method]
-    optimizer = keras.optimizers.Adam(lr)
+    optimizer = keras.optimizers.Adam(rate(lr, args))
     if groups:
         optimizer = keras_peft.GroupedOptimizer(
-            optimizer, learning_rates=groups, model=model
+            optimizer,
+            learning_rates={g: rate(v, args) for g, v in groups.items()},
+            model=model,
         )
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=args.xla,
     )
     summary = keras_peft.trainable_summary(model)
     print(f"\n== {method}: {label}\n{summary}", flush=True)
@@ -447,7 +502,13 @@ def settings(args, wall):
             f"on {model}; data: {data}, {args.train} training and "
             f"{args.val} validation examples (seed {args.seed}); sequence "
             f"length {args.seq}, batch {args.batch}, {args.epochs} "
-            "epoch(s), Adam.",
+            f"epoch(s), Adam, {args.schedule} rates"
+            + (
+                f" ({args.warmup:g} warmup)"
+                if args.schedule != "constant"
+                else ""
+            )
+            + (", XLA." if args.xla else "."),
             "- Trainable share: of all the model's parameters (frozen "
             "backbone, added weights and head). Median step: training steps "
             "but the first (which traces), progress-bar overhead included.",

@@ -1,6 +1,17 @@
 import os
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# JAX compiles each op of an eager call for its shapes: tests (and test
+# processes) that build the same tiny models share those programs through
+# JAX's on-disk cache (a first call 15 s, a cached one 3 s). Keys include
+# JAX's version, so a stale entry is never used.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), "keras-peft-tests-jax-cache"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 if "PYTEST_XDIST_WORKER" in os.environ:

@@ -170,6 +170,78 @@ def compile(model, **kwargs):
         model.optimizer.build(model.trainable_variables)
 
 
+def gradients(fn, sources):
+    """The gradients of `fn(*arrays)` (a scalar) with respect to `sources`,
+    on whichever Keras backend runs.
+
+    Args:
+        fn: a function of the NumPy arrays in `sources`, passed in order as
+            backend tensors, that may also read Keras variables.
+        sources: Keras variables and NumPy arrays.
+
+    Returns:
+        `(value, grads)`: `fn`'s value and one NumPy array per source, or
+        `None` where no gradient reaches it.
+    """
+    is_variable = [isinstance(s, keras.Variable) for s in sources]
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [
+            tf.constant(s) for s, v in zip(sources, is_variable) if not v
+        ]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = fn(*tensors)
+        targets, arrays = [], iter(tensors)
+        for source, variable in zip(sources, is_variable):
+            targets.append(source.value if variable else next(arrays))
+        grads = tape.gradient(value, targets)
+    elif backend == "jax":
+        import jax
+
+        variables = [s for s, v in zip(sources, is_variable) if v]
+
+        def pure(values, arrays):
+            mapping = list(zip(variables, values))
+            with keras.StatelessScope(state_mapping=mapping):
+                return fn(*arrays)
+
+        arrays = [s for s, v in zip(sources, is_variable) if not v]
+        value, (by_variable, by_array) = jax.value_and_grad(
+            pure, argnums=(0, 1)
+        )([v.value for v in variables], arrays)
+        by_variable, by_array = iter(by_variable), iter(by_array)
+        grads = [next(by_variable if v else by_array) for v in is_variable]
+    elif backend == "torch":
+        import torch
+
+        targets, tensors = [], []
+        for source, variable in zip(sources, is_variable):
+            if variable:
+                targets.append(source.value)
+            else:
+                tensors.append(torch.tensor(source, requires_grad=True))
+                targets.append(tensors[-1])
+        value = fn(*tensors)
+        # Frozen variables do not require gradients under torch.
+        wanted = [t for t in targets if t.requires_grad]
+        found = dict(
+            zip(
+                map(id, wanted),
+                torch.autograd.grad(value, wanted, allow_unused=True),
+            )
+        )
+        grads = [found.get(id(t)) for t in targets]
+    else:
+        raise NotImplementedError(backend)
+    return (
+        keras.ops.convert_to_numpy(value),
+        [None if g is None else keras.ops.convert_to_numpy(g) for g in grads],
+    )
+
+
 MODEL_CASES = {
     case.name: case
     for case in (
@@ -526,6 +598,13 @@ def assert_snapshot_equal(before, after):
     assert before["configs"] == after["configs"]
     for x, y in zip(before["values"], after["values"]):
         np.testing.assert_array_equal(x, y)
+
+
+def numpy(x):
+    """`x`, a tensor or a structure of them, as NumPy arrays: under torch,
+    detached from autograd (NumPy cannot read a tensor that requires grad).
+    """
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, x)
 
 
 def assert_outputs_equal(x, y):

@@ -108,7 +108,7 @@ def test_adapter_starts_at_zero():
         np.zeros((2, 5, D), "float32")
     )
     # Zero-initialized up-projection: the base output, bit for bit.
-    helpers.assert_outputs_equal(host(x), host.base_layer(x))
+    helpers.assert_outputs_equal(_np(host(x)), _np(host.base_layer(x)))
 
 
 def test_functional_model_round_trips_through_keras_file(tmp_path):
@@ -123,7 +123,7 @@ def test_functional_model_round_trips_through_keras_file(tmp_path):
     model.save(path)
     restored = keras.models.load_model(path)
     # Same weights, same ops: bit for bit.
-    helpers.assert_outputs_equal(restored(_inputs()), expected)
+    helpers.assert_outputs_equal(_np(restored(_inputs())), expected)
     assert len(restored.trainable_weights) == len(model.trainable_weights)
 
 

@@ -6,6 +6,7 @@ import pytest
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
 from keras_peft.layers import PrefixAttention
+from tests import helpers
 
 B, T, S, D, HEADS, HEAD_DIM, L = 2, 5, 6, 8, 2, 4, 3
 
@@ -29,7 +30,7 @@ def _randomize_prefix(layer, seed=0):
 
 
 def _project(dense, x):
-    return np.asarray(dense(x))
+    return helpers.numpy(dense(x))
 
 
 def test_mha_output_equals_unified_view_formula():
@@ -44,7 +45,7 @@ def test_mha_output_equals_unified_view_formula():
     mha = _mha()
     layer = PrefixAttention(mha, length=L)
     _randomize_prefix(layer)
-    output = np.asarray(layer(query, value, attention_mask=mask))
+    output = helpers.numpy(layer(query, value, attention_mask=mask))
 
     q = _project(mha._query_dense, query) / np.sqrt(HEAD_DIM)
     k = _project(mha._key_dense, value)
@@ -72,12 +73,14 @@ def test_mha_without_mask_and_with_causal_mask():
     mha = _mha()
     layer = PrefixAttention(mha, length=L)
     _randomize_prefix(layer)
-    no_mask = np.asarray(layer(x, x))
-    all_ones = np.asarray(layer(x, x, attention_mask=np.ones((B, T, T), bool)))
+    no_mask = helpers.numpy(layer(x, x))
+    all_ones = helpers.numpy(
+        layer(x, x, attention_mask=np.ones((B, T, T), bool))
+    )
     # Close: with a mask, a backend may attend through another kernel.
     np.testing.assert_allclose(no_mask, all_ones, atol=1e-6)
-    causal = np.asarray(layer(x, x, use_causal_mask=True))
-    explicit = np.asarray(
+    causal = helpers.numpy(layer(x, x, use_causal_mask=True))
+    explicit = helpers.numpy(
         layer(x, x, attention_mask=np.tril(np.ones((B, T, T), bool)))
     )
     # Close: the masks differ in shape, so a backend may pick other kernels.
@@ -85,7 +88,7 @@ def test_mha_without_mask_and_with_causal_mask():
     # The first query sees only itself and the prefix: it changes with it.
     layer.prefix_value.assign(layer.prefix_value.numpy() + 1.0)
     assert not np.allclose(
-        np.asarray(layer(x, x, use_causal_mask=True)), causal
+        helpers.numpy(layer(x, x, use_causal_mask=True)), causal
     )
 
 
@@ -133,9 +136,9 @@ def _t5_reference(base, layer, x, kv, mask, start=0, bias=None):
     pk, pv = layer.prefix_key.numpy(), layer.prefix_value.numpy()
     scores = np.einsum("bqnd,bknd->bnqk", q, k)
     if bias is not None:
-        scores = scores + np.asarray(bias)
+        scores = scores + helpers.numpy(bias)
     elif base.use_relative_attention_bias:
-        scores = scores + np.asarray(
+        scores = scores + helpers.numpy(
             base.compute_bias(x.shape[1], kv.shape[1], query_start_index=start)
         )
     if bias is None:
@@ -164,15 +167,19 @@ def test_t5_self_attention_matches_reference(relative):
     # The bias handed to the next layer is the plain layer's, prefix-free.
     _, plain_bias, _ = base(x, mask=mask)
     # Exact: both build the bias by the same ops from the same values.
-    np.testing.assert_array_equal(bias, plain_bias)
+    np.testing.assert_array_equal(
+        helpers.numpy(bias), helpers.numpy(plain_bias)
+    )
     # Close: a NumPy reference of T5 attention, against the layer.
     np.testing.assert_allclose(
-        output, _t5_reference(base, layer, x, x, mask), atol=1e-5
+        helpers.numpy(output),
+        _t5_reference(base, layer, x, x, mask),
+        atol=1e-5,
     )
     # A later layer of the stack reuses the extended bias as it is.
     again, _, _ = layer(x, position_bias=bias)
     # Exact: the same ops run on the same values.
-    np.testing.assert_array_equal(again, output)
+    np.testing.assert_array_equal(helpers.numpy(again), helpers.numpy(output))
 
 
 def _cross_attention_case(seed):
@@ -195,7 +202,7 @@ def test_t5_cross_attention_matches_reference():
         base, layer, x, encoder, np.broadcast_to(mask, (B, T, S))
     )
     # Close: a NumPy reference of T5 cross-attention, against the layer.
-    np.testing.assert_allclose(output, expected, atol=1e-5)
+    np.testing.assert_allclose(helpers.numpy(output), expected, atol=1e-5)
 
 
 def test_t5_cached_decoding_equals_full_pass():
@@ -207,7 +214,7 @@ def test_t5_cached_decoding_equals_full_pass():
     base = _t5_attention(is_decoder=True, relative=True)
     layer = PrefixAttention(base, length=L)
     _randomize_prefix(layer)
-    full, _, _ = layer(x, mask=causal)
+    full = helpers.numpy(layer(x, mask=causal)[0])
     cache = np.zeros((B, 2, T, HEADS, HEAD_DIM), "float32")
     for step in range(T):
         out, _, cache = layer(
@@ -218,7 +225,9 @@ def test_t5_cached_decoding_equals_full_pass():
         )
         assert cache.shape == (B, 2, T, HEADS, HEAD_DIM)
         # Close: each cached step attends one query, through other kernels.
-        np.testing.assert_allclose(out[:, 0], full[:, step], atol=1e-5)
+        np.testing.assert_allclose(
+            helpers.numpy(out)[:, 0], full[:, step], atol=1e-5
+        )
 
 
 def test_t5_cross_attention_cache_keeps_the_prefix_once_filled():
@@ -226,7 +235,7 @@ def test_t5_cross_attention_cache_keeps_the_prefix_once_filled():
     every step: filled by the layer, it holds the prefix in front, so the
     steps copy nothing; a plain cache filled elsewhere works too."""
     x, encoder, mask, base, layer = _cross_attention_case(seed=7)
-    full, _, _ = layer(x, mask=mask, key_value_states=encoder)
+    full = helpers.numpy(layer(x, mask=mask, key_value_states=encoder)[0])
     empty = np.zeros((B, 2, S, HEADS, HEAD_DIM), "float32")
     seeded, _, filled = layer(
         x[:, :1],
@@ -236,13 +245,16 @@ def test_t5_cross_attention_cache_keeps_the_prefix_once_filled():
         cache_update_index=0,
     )
     # Close: one query attends through other kernels than the full pass.
-    np.testing.assert_allclose(seeded[:, 0], full[:, 0], atol=1e-5)
+    np.testing.assert_allclose(
+        helpers.numpy(seeded)[:, 0], full[:, 0], atol=1e-5
+    )
     assert filled.shape == (B, 2, L + S, HEADS, HEAD_DIM)
-    filled = np.asarray(filled)
+    filled = helpers.numpy(filled)
     # Exact: the prefix is copied into the cache.
     for row, prefix in enumerate((layer.prefix_key, layer.prefix_value)):
         np.testing.assert_array_equal(
-            filled[:, row, :L], np.broadcast_to(prefix, (B, L, HEADS, HEAD_DIM))
+            filled[:, row, :L],
+            np.broadcast_to(prefix.numpy(), (B, L, HEADS, HEAD_DIM)),
         )
     plain = np.stack(
         [
@@ -262,9 +274,11 @@ def test_t5_cross_attention_cache_keeps_the_prefix_once_filled():
                 cache=cache,
             )
             # Exact: the cache is only read, and comes back as passed.
-            np.testing.assert_array_equal(returned, cache)
+            np.testing.assert_array_equal(helpers.numpy(returned), cache)
             # Close: each cached step attends one query, through other kernels.
-            np.testing.assert_allclose(out[:, 0], full[:, step], atol=1e-5)
+            np.testing.assert_allclose(
+                helpers.numpy(out)[:, 0], full[:, step], atol=1e-5
+            )
 
 
 def test_serialization_round_trip(tmp_path):
@@ -307,17 +321,19 @@ def test_t5_wrapped_and_plain_layers_can_follow_one_another():
         two = PrefixAttention(second, length=3) if wrap_second else second
         out, bias, _ = one(x, mask=mask)
         # Close, though exact would hold: the same ops (asserted exactly above).
-        np.testing.assert_allclose(bias, plain_bias, atol=1e-6)
+        np.testing.assert_allclose(
+            helpers.numpy(bias), helpers.numpy(plain_bias), atol=1e-6
+        )
         out2, _, _ = two(out, position_bias=bias)
         if wrap_second:
             # Close: a NumPy reference of T5 attention, against the layer.
             np.testing.assert_allclose(
-                out2,
+                helpers.numpy(out2),
                 _t5_reference(
                     second,
                     two,
-                    np.asarray(out),
-                    np.asarray(out),
+                    helpers.numpy(out),
+                    helpers.numpy(out),
                     mask,
                     bias=bias,
                 ),

@@ -4,6 +4,7 @@ import pytest
 
 from keras_peft.layers import PrefixAttention
 from keras_peft.layers import PrefixReparametrization
+from tests import helpers
 
 B, T, D, HEADS, HEAD_DIM, L, LAYERS, HIDDEN = 2, 5, 8, 2, 4, 3, 2, 6
 
@@ -30,12 +31,14 @@ def test_layer_prefix_is_a_two_layer_tanh_mlp_of_the_table():
     for variable in source.weights:
         variable.assign(rng.normal(size=variable.shape).astype("float32"))
     table = source.prefix_embedding.numpy()
-    hidden = np.tanh(table @ source.hidden_kernel.numpy() + source.hidden_bias)
+    hidden = np.tanh(
+        table @ source.hidden_kernel.numpy() + source.hidden_bias.numpy()
+    )
     full = hidden @ source.output_kernel.numpy() + source.output_bias.numpy()
     full = full.reshape(L, LAYERS, 2, HEADS, HEAD_DIM)
     # Close: a NumPy reference of the MLP, against the layer's kernels.
     for index in range(LAYERS):
-        keys, values = source.layer_prefix(index)
+        keys, values = helpers.numpy(source.layer_prefix(index))
         np.testing.assert_allclose(keys, full[:, index, 0], rtol=1e-5)
         np.testing.assert_allclose(values, full[:, index, 1], rtol=1e-5)
     width = LAYERS * 2 * HEADS * HEAD_DIM
@@ -53,7 +56,7 @@ def test_attention_reads_its_slice_and_eject_keeps_outputs():
         PrefixAttention(_mha(), length=L, prefix_source=source, source_index=i)
         for i in range(LAYERS)
     ]
-    before = [np.asarray(layer(x, x)) for layer in layers]
+    before = [helpers.numpy(layer(x, x)) for layer in layers]
     # Both layers hold the one shared source.
     assert all(layer.prefix_source is source for layer in layers)
     assert {id(v) for v in layers[0].adapter_variables} == {
@@ -63,7 +66,9 @@ def test_attention_reads_its_slice_and_eject_keeps_outputs():
         layer.eject()
         assert layer.prefix_source is None
         # Close, though exact would hold: eject() copies the MLP's prefix.
-        np.testing.assert_allclose(layer(x, x), expected, atol=1e-5)
+        np.testing.assert_allclose(
+            helpers.numpy(layer(x, x)), expected, atol=1e-5
+        )
         assert [v.name for v in layer.adapter_variables] == [
             "prefix_key",
             "prefix_value",
@@ -79,14 +84,16 @@ def test_attention_reads_its_slice_and_eject_keeps_outputs():
 
 
 def test_gradients_reach_the_shared_source():
-    tf = pytest.importorskip("tensorflow")
     source = _source()
     layer = PrefixAttention(_mha(), length=L, prefix_source=source)
-    x = tf.constant(np.random.default_rng(2).normal(size=(B, T, D)), "float32")
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(layer(x, x) ** 2)
-    gradients = tape.gradient(loss, [v.value for v in source.weights])
-    assert all(g is not None and np.any(np.asarray(g) != 0) for g in gradients)
+    x = np.random.default_rng(2).normal(size=(B, T, D)).astype("float32")
+    layer(x, x)  # builds the source's variables
+
+    def loss():
+        return keras.ops.sum(layer(x, x) ** 2)
+
+    _, grads = helpers.gradients(loss, list(source.weights))
+    assert all(g is not None and np.any(g != 0) for g in grads)
 
 
 def test_mismatched_source_and_unserializable_shared_layer():

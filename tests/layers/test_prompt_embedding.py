@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_peft.layers import PromptEmbedding
+from tests import helpers
 
 
 def _inputs(batch=2, length=4, width=3):
@@ -30,14 +31,16 @@ def test_inserts_prompt_and_grows_mask(insert_at):
         axis=1,
     )
     # Exact: the prompt and embeddings are only copied and concatenated.
-    np.testing.assert_array_equal(outputs, expected)
+    np.testing.assert_array_equal(helpers.numpy(outputs), expected)
     expected_mask = np.concatenate(
         [mask[:, :insert_at], np.ones((2, 2), "int32"), mask[:, insert_at:]],
         axis=1,
     )
     # Exact: masks and embeddings are only copied, concatenated and sliced.
-    np.testing.assert_array_equal(new_mask, expected_mask)
-    np.testing.assert_array_equal(layer.remove_prompt(outputs), embeddings)
+    np.testing.assert_array_equal(helpers.numpy(new_mask), expected_mask)
+    np.testing.assert_array_equal(
+        helpers.numpy(layer.remove_prompt(outputs)), embeddings
+    )
     assert layer.compute_output_shape((2, 4, 3)) == ((2, 6, 3), (2, 6))
 
 
@@ -54,8 +57,8 @@ def test_bank_of_prompts_selected_per_example():
     embeddings, mask = _inputs(batch=3)
     embeddings = np.concatenate([embeddings, embeddings[:1]], 0)[:3]
     layer = PromptEmbedding(length=2, num_prompts=3)
-    outputs, _ = layer(
-        embeddings, mask[[0, 1, 0]], task_ids=np.array([2, 0, 1])
+    outputs, _ = helpers.numpy(
+        layer(embeddings, mask[[0, 1, 0]], task_ids=np.array([2, 0, 1]))
     )
     bank = layer.prompt.numpy()
     # Exact: each row's prompt is gathered from the bank.
