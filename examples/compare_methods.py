@@ -266,7 +266,7 @@ def parse_args(argv=None):
         choices=("constant", "linear"),
         default="constant",
         help="every rate constant, or warmed up linearly over --warmup of "
-        "the steps, then decayed linearly to 0 at the last step",
+        "the steps, then decayed linearly, reaching 0 after the last step",
     )
     parser.add_argument(
         "--warmup",
@@ -364,8 +364,10 @@ def batches(sentences, labels, args, seed=None):
 
 @keras.saving.register_keras_serializable(package="compare_methods")
 class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """From 0 up to `peak` over `warmup_steps`, then linearly down to 0 at
-    `total_steps` (the schedule of He et al.'s and Li & Liang's runs)."""
+    """Up to `peak` over `warmup_steps` (step `i` of the warmup at
+    `peak (i + 1) / warmup_steps`), then linearly down, reaching 0 at step
+    `total_steps`, one past the last (the schedule of He et al.'s and Li &
+    Liang's runs)."""
 
     def __init__(self, peak, warmup_steps, total_steps):
         self.peak = peak
@@ -427,7 +429,7 @@ def train_method(method, train, val, args):
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        jit_compile=args.xla,
+        jit_compile=True if args.xla else "auto",
     )
     summary = keras_peft.trainable_summary(model)
     print(f"\n== {method}: {label}\n{summary}", flush=True)

@@ -19,6 +19,12 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     # pools would only compete with the other processes for the cores.
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's pool
+    if os.environ["KERAS_BACKEND"] == "jax":
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
 
 import random  # noqa: E402
 import zlib  # noqa: E402

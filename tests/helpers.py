@@ -180,8 +180,9 @@ def gradients(fn, sources):
         sources: Keras variables and NumPy arrays.
 
     Returns:
-        `(value, grads)`: `fn`'s value and one NumPy array per source, or
-        `None` where no gradient reaches it.
+        `(value, grads)`: `fn`'s value and one NumPy array per source,
+        frozen variables included. Where no gradient reaches a source,
+        TensorFlow and torch give `None`, JAX zeros.
     """
     is_variable = [isinstance(s, keras.Variable) for s in sources]
     backend = keras.backend.backend()
@@ -192,7 +193,10 @@ def gradients(fn, sources):
             tf.constant(s) for s, v in zip(sources, is_variable) if not v
         ]
         with tf.GradientTape() as tape:
-            tape.watch(tensors)
+            # Frozen variables too: the tape watches only trainable ones.
+            tape.watch(
+                tensors + [s.value for s, v in zip(sources, is_variable) if v]
+            )
             value = fn(*tensors)
         targets, arrays = [], iter(tensors)
         for source, variable in zip(sources, is_variable):
@@ -224,16 +228,17 @@ def gradients(fn, sources):
             else:
                 tensors.append(torch.tensor(source, requires_grad=True))
                 targets.append(tensors[-1])
-        value = fn(*tensors)
-        # Frozen variables do not require gradients under torch.
-        wanted = [t for t in targets if t.requires_grad]
-        found = dict(
-            zip(
-                map(id, wanted),
-                torch.autograd.grad(value, wanted, allow_unused=True),
-            )
-        )
-        grads = [found.get(id(t)) for t in targets]
+        # Frozen variables do not require gradients under torch: for the
+        # call, they do.
+        frozen = [t for t in targets if not t.requires_grad]
+        try:
+            for t in frozen:
+                t.requires_grad_(True)
+            value = fn(*tensors)
+            grads = torch.autograd.grad(value, targets, allow_unused=True)
+        finally:
+            for t in frozen:
+                t.requires_grad_(False)
     else:
         raise NotImplementedError(backend)
     return (

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -63,3 +65,22 @@ def test_compare_methods_offline(tmp_path):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     else:
         assert "matplotlib is not installed" in result.stdout
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    """`--schedule linear`: up to the peak over the warmup steps, then down,
+    reaching 0 one step past the last."""
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        import compare_methods
+    finally:
+        sys.path.pop(0)
+    args = compare_methods.parse_args(
+        ["--train=100", "--batch=10", "--epochs=2", "--schedule=linear"]
+    )
+    schedule = compare_methods.rate(0.5, args)  # 20 steps, 2 of warmup
+    rates = [float(schedule(step)) for step in range(21)]
+    expected = [0.25, 0.5] + [0.5 * (20 - s) / 18 for s in range(2, 21)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    constant = compare_methods.parse_args(["--train=100"])
+    assert compare_methods.rate(0.5, constant) == 0.5

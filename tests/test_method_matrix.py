@@ -23,8 +23,8 @@ def _applied(model_case, method_case):
 # same backbone as `t5_backbone`, whose checks cover each method, and adds
 # only the tied-embedding LM head. On JAX and torch (where each new op
 # shape compiles or dispatches slowly in eager calls) the BERT backbone and
-# masked LM likewise get only LoRA and every method at once: the classifier
-# nests the same backbone and checks each method.
+# masked LM likewise get only LoRA and every method at once (with BitFit):
+# the classifier nests the same backbone and checks each method.
 _EACH_METHOD = (
     ("bert_classifier", "bert_backbone", "bert_masked_lm", "t5_backbone")
     if keras.backend.backend() == "tensorflow"
@@ -122,7 +122,7 @@ _T5_REPEATS = (
 
 
 def _fit_cases():
-    # TensorFlow runs eagerly-traced graphs or XLA; JAX always compiles
+    # TensorFlow runs tf.function graphs without or with XLA; JAX compiles
     # with XLA ("auto"), and torch runs eagerly ("auto"): there, every case
     # runs the way users train on that backend.
     tensorflow = keras.backend.backend() == "tensorflow"
