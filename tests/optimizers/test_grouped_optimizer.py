@@ -10,13 +10,10 @@ import pytest
 import keras_peft
 from tests import helpers
 
-if keras.backend.backend() != "tensorflow":
-    # The optimizer uses only `keras.ops`; these checks run it in
-    # TensorFlow graphs and XLA (as `fit` does) and restore a
-    # tf.train.Checkpoint.
-    pytest.skip("TensorFlow backend only", allow_module_level=True)
-
-import tensorflow as tf  # noqa: E402
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+tensorflow_only = pytest.mark.skipif(
+    not TENSORFLOW, reason="a TensorFlow graph, XLA step or tf.train.Checkpoint"
+)
 
 BASE_RATE, OWN_RATE = 1e-3, 2e-2
 
@@ -56,7 +53,12 @@ def _model_and_twin(kind):
 def _gradients(variables, steps, scale=1.0):
     rng = np.random.default_rng(0)
     return [
-        [scale * rng.normal(size=v.shape).astype("float32") for v in variables]
+        [
+            keras.ops.convert_to_tensor(
+                scale * rng.normal(size=v.shape).astype("float32")
+            )
+            for v in variables
+        ]
         for _ in range(steps)
     ]
 
@@ -102,7 +104,13 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=tensorflow_only) if CASES[c][3] else c
+        for c in sorted(CASES)
+    ],
+)
 def test_matches_one_inner_optimizer_per_group(case):
     kind, make, rate, xla = CASES[case]
     rate = rate() if callable(rate) else rate
@@ -117,9 +125,14 @@ def test_matches_one_inner_optimizer_per_group(case):
     variables = model.trainable_variables
     position = {id(v): i for i, v in enumerate(reference.trainable_variables)}
     optimizer.build(variables)
-    step = tf.function(
-        lambda grads: optimizer.apply(grads, variables), jit_compile=xla
-    )
+
+    def step(grads):
+        optimizer.apply(grads, variables)
+
+    if TENSORFLOW:
+        import tensorflow as tf
+
+        step = tf.function(step, jit_compile=xla)
     for grads in _gradients(variables, steps=4):
         step(grads)
         for group, group_variables in groups.items():
@@ -128,10 +141,10 @@ def test_matches_one_inner_optimizer_per_group(case):
                 group_variables,
             )
 
-    # Float tolerance: the same update rule on the same gradients, but the
-    # grouped step runs as a graph (under XLA in some cases), the reference
-    # eagerly; XLA fuses the element-wise update and rounds differently
-    # (by an ulp, measured).
+    # Float tolerance: the same update rule on the same gradients, but on
+    # TensorFlow the grouped step runs as a graph (under XLA in some cases),
+    # the reference eagerly; XLA fuses the element-wise update and rounds
+    # differently (by an ulp, measured).
     for x, y in zip(_values(variables), _values(reference.trainable_variables)):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
     assert int(optimizer.iterations) == int(plain[own].iterations)
@@ -224,7 +237,8 @@ def test_fit_trains_each_group_at_its_rate(fit_case, dtype_policy):
         optimizer=optimizer,
         loss=loss,
         run_eagerly=mode == "eager",
-        jit_compile=mode == "xla",
+        # JAX always compiles with XLA, torch runs eagerly ("auto").
+        jit_compile=mode == "xla" if TENSORFLOW else "auto",
     )
     before = {g: _values(vs) for g, vs in groups.items()}
     history = model.fit(x, y, batch_size=2, epochs=1, verbose=0)
@@ -270,6 +284,8 @@ def _save_weights(model, path):
 
 
 def _tf_checkpoint(model, path):
+    import tensorflow as tf
+
     tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(path)
     fresh = _compiled_plain_model()
     fresh.optimizer.build(fresh.trainable_variables)
@@ -284,7 +300,12 @@ def _keras_file(model, path):
 
 
 @pytest.mark.parametrize(
-    "save_and_restore", [_save_weights, _tf_checkpoint, _keras_file]
+    "save_and_restore",
+    [
+        _save_weights,
+        pytest.param(_tf_checkpoint, marks=tensorflow_only),
+        _keras_file,
+    ],
 )
 def test_resumed_training_equals_uninterrupted(save_and_restore, tmp_path):
     model = _compiled_plain_model()
@@ -323,9 +344,8 @@ def test_config_round_trip():
     assert isinstance(restored, keras_peft.GroupedOptimizer)
     assert restored.get_config() == config
     restored.build(model.trainable_variables)
-    assert restored.optimizers["lora"].learning_rate.numpy() == np.float32(
-        _schedule()(0)
-    )
+    rate = restored.optimizers["lora"].learning_rate
+    assert keras.ops.convert_to_numpy(rate) == np.float32(_schedule()(0))
 
 
 def test_learning_rate_reads_the_default_and_cannot_be_set():
@@ -334,7 +354,8 @@ def test_learning_rate_reads_the_default_and_cannot_be_set():
         learning_rates={"lora": OWN_RATE},
         model=_plain_model(),
     )
-    assert optimizer.learning_rate.numpy() == np.float32(BASE_RATE)
+    rate = keras.ops.convert_to_numpy(optimizer.learning_rate)
+    assert rate == np.float32(BASE_RATE)
     with pytest.raises(AttributeError, match="LearningRateSchedule"):
         optimizer.learning_rate = 0.1
 
@@ -431,7 +452,7 @@ def test_exclude_from_weight_decay_reaches_every_group():
     variables = model.trainable_variables
     # Zero gradients: Adam's step is exactly 0, only weight decay acts.
     optimizer.apply(
-        [np.zeros(v.shape, "float32") for v in variables], variables
+        [keras.ops.zeros(v.shape, "float32") for v in variables], variables
     )
     decayed = {v.path: not np.all(v.numpy() == 1.0) for v in variables}
     assert decayed == {
