@@ -461,7 +461,8 @@ def test_fused_gradients_equal_autodiff_of_low_rank_form(equation, out, inp):
     sources = [x, layer.lora_a, layer.lora_b, base.kernel]
     value, grads = helpers.gradients(loss, sources)
     expected_value, expected = helpers.gradients(reference, sources)
-    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    # Close: the fused and the written-out forms sum in other orders.
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-5)
     for grad, expected_grad in zip(grads[:3], expected[:3]):
         np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-5)
     if equations["fusable"]:
