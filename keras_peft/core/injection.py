@@ -13,6 +13,7 @@ from keras_peft.core import config as config_lib
 from keras_peft.core import freezing
 from keras_peft.core import layer_tree
 from keras_peft.core import model_saving
+from keras_peft.core import precision
 from keras_peft.core import recompile
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
@@ -152,6 +153,7 @@ def plan(model, configs, initialize=True):
     """
     context = architectures.resolve_model(model)
     configs = config_lib.normalize_configs(configs)
+    precision.check_compute_dtype(context)
     previous = state_lib.get_state(context.backbone)
     original = (
         previous.original_trainable

@@ -12,6 +12,9 @@ from keras_peft.layers.wrapper import Wrapper
 
 # T5 folds its attention mask into the position bias with this value.
 _T5_MASK_BIAS = -1e9
+# In float16 -1e9 is -inf, and a kept position's 0 * -inf is NaN: there the
+# fold uses float16's most negative finite value.
+_T5_MASK_BIAS_FLOAT16 = -65504.0
 
 
 def attention_dims(layer):
@@ -365,7 +368,12 @@ class T5PrefixAttention(PrefixAttention):
                 )
             if mask is not None:
                 mask = ops.cast(mask[:, None, :, :], position_bias.dtype)
-                position_bias = position_bias + (1.0 - mask) * _T5_MASK_BIAS
+                fill = (
+                    _T5_MASK_BIAS_FLOAT16
+                    if keras.backend.standardize_dtype(mask.dtype) == "float16"
+                    else _T5_MASK_BIAS
+                )
+                position_bias = position_bias + (1.0 - mask) * fill
         # Prefix keys have no position: their bias is 0. The bias passed on
         # to the next layer of the stack stays without the prefix columns,
         # so wrapped and plain layers can follow one another.

@@ -182,6 +182,36 @@ def test_t5_self_attention_matches_reference(relative):
     np.testing.assert_array_equal(helpers.numpy(again), helpers.numpy(output))
 
 
+def test_t5_mask_under_float16():
+    """Under float16 the mask folds in with float16's most negative finite
+    value: -1e9 there is -inf, and a kept position's 0 * -inf NaN."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(B, T, D)).astype("float32")
+    mask = np.ones((B, T, T), "float32")
+    mask[0, :, -1] = 0
+    base = T5MultiHeadAttention(
+        is_decoder=False,
+        hidden_dim=D,
+        key_value_dim=HEAD_DIM,
+        num_heads=HEADS,
+        dropout=0.0,
+        use_relative_attention_bias=True,
+        dtype="mixed_float16",
+    )
+    base(np.zeros((1, 2, D), "float32"))
+    layer = PrefixAttention(base, length=L)
+    _randomize_prefix(layer)
+    output, _, _ = layer(x, mask=mask)
+    assert keras.backend.standardize_dtype(output.dtype) == "float16"
+    output = helpers.numpy(output).astype("float32")
+    assert np.isfinite(output).all()
+    # Close to float32's result within float16's precision (about 3
+    # decimal digits, on outputs of order 1).
+    np.testing.assert_allclose(
+        output, _t5_reference(base, layer, x, x, mask), atol=2e-2
+    )
+
+
 def _cross_attention_case(seed):
     """Decoder states, encoder states with padding, a prefixed layer."""
     rng = np.random.default_rng(seed)
