@@ -83,7 +83,12 @@ def test_fit_compiled_in_each_precision(
     keras_peft.apply(model, _UNIONS[model_name][union]())
     helpers.compile(
         model,
-        optimizer=keras.optimizers.Adam(0.05),
+        # Grouped, so that float16 checks Keras' loss scaling around it.
+        optimizer=keras_peft.GroupedOptimizer(
+            keras.optimizers.Adam(0.05),
+            learning_rates={"lora": 0.02},
+            model=model,
+        ),
         loss=model_case.loss,
         # XLA on TensorFlow and JAX; torch would compile with
         # `torch.compile`, which is not what this checks.
@@ -116,6 +121,7 @@ def test_fit_compiled_in_each_precision(
         # The scaled gradients were unscaled and applied: the wrapped
         # optimizer stepped, with a finite scale.
         inner = model.optimizer.inner_optimizer
+        assert isinstance(inner, keras_peft.GroupedOptimizer)
         assert int(keras.ops.convert_to_numpy(inner.iterations)) >= 1
         scale = float(keras.ops.convert_to_numpy(model.optimizer.dynamic_scale))
         assert np.isfinite(scale) and scale > 0
