@@ -41,6 +41,7 @@ import tensorflow as tf  # noqa: E402
 
 import keras_peft  # noqa: E402
 
+FIRST_BATCH_LOGITS = "logits of the first batch"
 STRATEGIES = ("one", "mirrored", "multiworker", "tpu", "data_parallel")
 METHODS = {
     "lora": lambda: keras_peft.LoRAConfig(rank=8, alpha=16),
@@ -150,7 +151,8 @@ class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
     def reduce(self, reduce_op, value, axis):
         def leaf(tensor):
             local = self.experimental_local_results(tensor)[0]
-            scalar = axis is not None and local.shape.rank == 0
+            rank = getattr(getattr(local, "shape", None), "rank", None)
+            scalar = axis is not None and rank == 0
             return super(_MultiWorkerMirroredStrategy, self).reduce(
                 reduce_op, tensor, None if scalar else axis
             )
@@ -159,12 +161,17 @@ class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 
 
 def make_strategy(name, tpu=None):
-    """The strategy `name` and whether this process is the chief.
+    """Creates the strategy (or, on JAX, the distribution) called `name`.
+
+    Args:
+        name: str. One of `STRATEGIES`.
+        tpu: str. The TPU's name or address, for `name="tpu"`.
 
     Returns:
         `(scope, is_chief, replicas)`: a context manager that makes new
-        variables distributed, whether this process writes files, and the
-        number of model replicas a global batch is split over.
+        variables distributed, whether this process writes files (the one
+        chief of a cluster), and the number of model replicas a global
+        batch is split over.
     """
     if name == "data_parallel":
         if keras.backend.backend() != "jax":
@@ -201,8 +208,9 @@ def make_strategy(name, tpu=None):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         strategy = tf.distribute.TPUStrategy(resolver)
-    resolver = getattr(strategy, "cluster_resolver", None)
-    is_chief = resolver is None or name == "tpu" or resolver.task_id == 0
+    # The strategy's own answer: worker 0 of a cluster without a "chief"
+    # task, the chief of one with it, and the one process otherwise.
+    is_chief = strategy.extended.should_checkpoint
     return strategy.scope(), is_chief, strategy.num_replicas_in_sync
 
 
@@ -237,6 +245,12 @@ def make_data(preprocessor, size, batch, seed):
     return dataset.batch(batch, drop_remainder=True).prefetch(2)
 
 
+def first_batch(data):
+    """The inputs of `data`'s first batch, as NumPy arrays."""
+    features, _ = next(iter(data))
+    return {k: v.numpy() for k, v in features.items()}
+
+
 def _jit_compile(args):
     if args.xla is not None:
         return args.xla
@@ -247,7 +261,7 @@ def train(args):
     """Builds, applies, compiles and fits under `args.strategy`.
 
     Returns:
-        `(model, history, is_chief)`.
+        `(model, history, is_chief, data)`.
     """
     keras.utils.set_random_seed(args.seed)
     scope, is_chief, replicas = make_strategy(args.strategy, args.tpu)
@@ -273,14 +287,19 @@ def train(args):
         print(keras_peft.trainable_summary(model))
     data = make_data(preprocessor, args.train, args.batch, args.seed)
     history = model.fit(data, epochs=args.epochs, verbose=args.verbose)
-    return model, history, is_chief
+    return model, history, is_chief, data
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.strategy == "mirrored" and args.cpu_devices:
+    if args.cpu_devices:
+        if args.strategy != "mirrored":
+            raise ValueError(
+                f"--cpu-devices {args.cpu_devices} splits the CPU for "
+                f"--strategy mirrored; received --strategy {args.strategy}."
+            )
         split_cpu(args.cpu_devices)
-    model, history, is_chief = train(args)
+    model, history, is_chief, data = train(args)
     losses = history.history["loss"]
     accuracy = history.history["accuracy"]
     print(
@@ -288,18 +307,21 @@ def main(argv=None):
         f"training accuracy {accuracy[-1]:.4f}"
     )
     if args.weights_out:
-        np.savez(
-            args.weights_out,
-            **{
-                v.path: keras.ops.convert_to_numpy(v)
-                for v in model.trainable_weights
-            },
+        arrays = {
+            v.path: keras.ops.convert_to_numpy(v)
+            for v in model.trainable_weights
+        }
+        # And the logits of the first training batch, to check a saved
+        # adapter against.
+        arrays[FIRST_BATCH_LOGITS] = keras.ops.convert_to_numpy(
+            model(first_batch(data), training=False)
         )
+        np.savez(args.weights_out, **arrays)
     if args.output and is_chief:
         # The chief alone writes: workers never race on the directory.
         keras_peft.save_adapter(model, args.output)
         print(f"saved {args.output}")
-    print(json.dumps({"final_loss": losses[-1], "chief": is_chief}))
+    print(json.dumps({"losses": losses, "chief": is_chief}))
 
 
 if __name__ == "__main__":

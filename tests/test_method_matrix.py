@@ -153,6 +153,10 @@ def test_fit_trains_only_new_weights(model_name, jit_compile, method_name):
         loss=model_case.loss,
         jit_compile=jit_compile,
     )
+    if jit_compile is True:
+        # Keras falls back to no XLA, with a warning only, when a layer
+        # does not support it.
+        assert model.jit_compile is True
     trainable_ids = {id(v) for v in model.trainable_weights}
     unused = set()
     if model_name == "bert_masked_lm":

@@ -368,12 +368,15 @@ class T5PrefixAttention(PrefixAttention):
                 )
             if mask is not None:
                 mask = ops.cast(mask[:, None, :, :], position_bias.dtype)
-                fill = (
-                    _T5_MASK_BIAS_FLOAT16
-                    if keras.backend.standardize_dtype(mask.dtype) == "float16"
-                    else _T5_MASK_BIAS
-                )
-                position_bias = position_bias + (1.0 - mask) * fill
+                if keras.backend.standardize_dtype(mask.dtype) == "float16":
+                    # Clamped too: a negative bias plus the fill would be
+                    # -inf, and a later layer given a fully masked row NaN.
+                    position_bias = ops.maximum(
+                        position_bias + (1.0 - mask) * _T5_MASK_BIAS_FLOAT16,
+                        _T5_MASK_BIAS_FLOAT16,
+                    )
+                else:
+                    position_bias = position_bias + (1.0 - mask) * _T5_MASK_BIAS
         # Prefix keys have no position: their bias is 0. The bias passed on
         # to the next layer of the stack stays without the prefix columns,
         # so wrapped and plain layers can follow one another.

@@ -199,14 +199,21 @@ def test_t5_mask_under_float16():
         dtype="mixed_float16",
     )
     base(np.zeros((1, 2, D), "float32"))
+    # A strongly negative position bias: plus the mask's fill it would
+    # overflow to -inf, which a later layer given a fully masked row turns
+    # into NaN; the fold clamps it.
+    bias = base.relative_attention_bias
+    bias.assign(np.full(bias.shape, -100.0, "float32"))
     layer = PrefixAttention(base, length=L)
     _randomize_prefix(layer)
-    output, _, _ = layer(x, mask=mask)
+    output, position_bias, _ = layer(x, mask=mask)
+    assert np.isfinite(helpers.numpy(position_bias)).all()
     assert keras.backend.standardize_dtype(output.dtype) == "float16"
     output = helpers.numpy(output).astype("float32")
     assert np.isfinite(output).all()
-    # Close to float32's result within float16's precision (about 3
-    # decimal digits, on outputs of order 1).
+    # Close to a NumPy reference (the projections by the float16 layers,
+    # the attention in float32) within float16's precision: about 3
+    # decimal digits, on outputs of order 1.
     np.testing.assert_allclose(
         output, _t5_reference(base, layer, x, x, mask), atol=2e-2
     )
