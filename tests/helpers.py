@@ -170,6 +170,32 @@ def compile(model, **kwargs):
         model.optimizer.build(model.trainable_variables)
 
 
+def fit_and_check(model, case, unused=()):
+    """Fits `model` for 3 epochs on `case`'s batch and checks what a fit of
+    an applied model must do: a finite loss that falls, every trainable
+    variable moved (but those whose ids are in `unused`, which no gradient
+    reaches), every frozen one bit-identical.
+
+    Returns:
+        The losses by epoch.
+    """
+    trainable_ids = {id(v) for v in model.trainable_weights}
+    before = [np.array(v.numpy()) for v in model.weights]
+    history = model.fit(
+        case.inputs(), case.labels(), epochs=3, batch_size=4, verbose=0
+    )
+    losses = history.history["loss"]
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0]
+    for variable, old in zip(model.weights, before):
+        if id(variable) not in trainable_ids:
+            # Exact: a frozen weight is never written.
+            np.testing.assert_array_equal(variable.numpy(), old, variable.path)
+        elif id(variable) not in unused:
+            assert not np.array_equal(variable.numpy(), old), variable.path
+    return losses
+
+
 def gradients(fn, sources):
     """The gradients of `fn(*arrays)` (a scalar) with respect to `sources`,
     on whichever Keras backend runs.

@@ -157,36 +157,18 @@ def test_fit_trains_only_new_weights(model_name, jit_compile, method_name):
         # Keras falls back to no XLA, with a warning only, when a layer
         # does not support it.
         assert model.jit_compile is True
-    trainable_ids = {id(v) for v in model.trainable_weights}
     unused = set()
     if model_name == "bert_masked_lm":
         # The masked LM never reads the pooler: no gradient reaches its
         # bias, which BitFit makes trainable with every other bias.
         backbone = model_case.backbone(model)
         unused = {id(v) for v in backbone.get_layer("pooled_dense").weights}
-    before = [np.array(v.numpy()) for v in model.weights]
     traces = _count_traces(model)
-    history = model.fit(
-        model_case.inputs(),
-        model_case.labels(),
-        epochs=3,
-        batch_size=4,
-        verbose=0,
-    )
-    losses = history.history["loss"]
-    assert losses[-1] < losses[0]
+    helpers.fit_and_check(model, model_case, unused)
     if keras.backend.backend() != "torch":  # torch runs `train_step` eagerly
         # Traced (and compiled) once for all 3 epochs: no method makes the
         # step retrace, which on a TPU would recompile it every step.
         assert len(traces) == 1
-    for variable, old in zip(model.weights, before):
-        if id(variable) in trainable_ids:
-            if id(variable) in unused:
-                continue
-            assert not np.array_equal(variable.numpy(), old), variable.path
-        else:
-            # Exact: a frozen weight is never written.
-            np.testing.assert_array_equal(variable.numpy(), old, variable.path)
 
 
 def _count_traces(model):

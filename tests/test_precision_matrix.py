@@ -127,25 +127,7 @@ def test_fit_in_each_precision(
     # New weights stay float32 whatever the policy computes in: the
     # optimizer's small updates would round away in 16 bits.
     assert {str(v.dtype) for v in model.trainable_weights} == {"float32"}
-    trainable_before = [np.array(v.numpy()) for v in model.trainable_weights]
-    frozen = [
-        (v, np.array(v.numpy())) for v in model.weights if not v.trainable
-    ]
-    history = model.fit(
-        model_case.inputs(),
-        model_case.labels(),
-        epochs=3,
-        batch_size=4,
-        verbose=0,
-    )
-    losses = history.history["loss"]
-    assert np.isfinite(losses).all()
-    assert losses[-1] < losses[0]
-    for variable, start in zip(model.trainable_weights, trainable_before):
-        assert not np.array_equal(variable.numpy(), start), variable.path
-    for variable, start in frozen:
-        # Exact: a frozen weight is never written.
-        np.testing.assert_array_equal(variable.numpy(), start, variable.path)
+    helpers.fit_and_check(model, model_case)
     outputs = model_case.outputs(model)
     assert all(np.isfinite(x).all() for x in keras.tree.flatten(outputs))
 

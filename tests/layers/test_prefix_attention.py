@@ -110,7 +110,7 @@ def test_shapes_counts_and_frozen_base():
     assert "_compute_attention" not in vars(mha)
 
 
-def _t5_attention(is_decoder, relative):
+def _t5_attention(is_decoder, relative, dtype=None):
     layer = T5MultiHeadAttention(
         is_decoder=is_decoder,
         hidden_dim=D,
@@ -118,6 +118,7 @@ def _t5_attention(is_decoder, relative):
         num_heads=HEADS,
         dropout=0.0,
         use_relative_attention_bias=relative,
+        dtype=dtype,
     )
     layer(np.zeros((1, 2, D), "float32"))
     return layer
@@ -189,16 +190,7 @@ def test_t5_mask_under_float16():
     x = rng.normal(size=(B, T, D)).astype("float32")
     mask = np.ones((B, T, T), "float32")
     mask[0, :, -1] = 0
-    base = T5MultiHeadAttention(
-        is_decoder=False,
-        hidden_dim=D,
-        key_value_dim=HEAD_DIM,
-        num_heads=HEADS,
-        dropout=0.0,
-        use_relative_attention_bias=True,
-        dtype="mixed_float16",
-    )
-    base(np.zeros((1, 2, D), "float32"))
+    base = _t5_attention(False, relative=True, dtype="mixed_float16")
     # A strongly negative position bias: plus the mask's fill it would
     # overflow to -inf, which a later layer given a fully masked row turns
     # into NaN; the fold clamps it.
