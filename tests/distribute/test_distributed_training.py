@@ -18,9 +18,6 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "train_distributed.py")
 COMPARE = os.path.join(ROOT, "tests", "distribute", "compare_to_one_device.py")
-BUNDLE_LOGITS = os.path.join(ROOT, "tests", "distribute", "bundle_logits.py")
-# The key `examples/train_distributed.py --weights-out` stores them under.
-FIRST_BATCH_LOGITS = "logits of the first batch"
 TENSORFLOW_ONLY = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="tf.distribute needs TensorFlow",
@@ -69,11 +66,12 @@ def _assert_matches_one_device(report):
 
 @TENSORFLOW_ONLY
 def test_mirrored_over_two_cpu_devices_equals_one_device():
-    """Every method at once, with `GroupedOptimizer`, built, applied,
-    compiled and fitted inside `MirroredStrategy.scope()` over two logical
-    CPU devices, against the default strategy, same global batch and
-    seed."""
-    _assert_matches_one_device(_compare("mirrored", "all"))
+    """LoRA with `GroupedOptimizer` (the head at its own rate), built,
+    applied, compiled and fitted inside `MirroredStrategy.scope()` over two
+    logical CPU devices, against the default strategy, same global batch
+    and seed. Every method at once runs the same check over JAX's devices
+    (below); here one method keeps the TensorFlow suite's time down."""
+    _assert_matches_one_device(_compare("mirrored", "lora"))
 
 
 @pytest.mark.skipif(
@@ -212,25 +210,5 @@ def test_multi_worker_mirrored_two_processes(method, tmp_path):
         "adapter_config.json",
         "adapter_weights.safetensors",
     ]
-    _assert_bundle_reproduces(tmp_path / "adapter", chief, method)
-
-
-def _assert_bundle_reproduces(path, chief, method):
-    """The chief's bundle, loaded into a fresh model with the same base
-    weights, gives the chief's logits on the first training batch."""
-    out = path.parent / "bundle_logits.npy"
-    flags = ["--strategy=one", f"--method={method}", *_TRAINING_FLAGS]
-    result = subprocess.run(
-        [sys.executable, BUNDLE_LOGITS, str(path), str(out), *flags],
-        cwd=ROOT,
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    # Close, not exact: a prefix bundle holds the prefix its MLP computed
-    # (eagerly, on save), and the chief computed it inside its model.
-    np.testing.assert_allclose(
-        np.load(out), chief[FIRST_BATCH_LOGITS], atol=1e-5
-    )
+    # The chief reloaded its bundle into a fresh model: same logits.
+    assert "OK: the reloaded adapter reproduces" in outputs[0]
