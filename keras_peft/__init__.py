@@ -10,6 +10,13 @@ from keras_peft.core.config import config_from_dict
 from keras_peft.core.foreign_names import foreign_name as _foreign_name
 from keras_peft.core.injection import applied_configs
 from keras_peft.core.injection import apply
+from keras_peft.core.multi_task import MultiTaskModel
+from keras_peft.core.multi_task import multi_task
+from keras_peft.core.named_adapters import active_adapter
+from keras_peft.core.named_adapters import adapter_names
+from keras_peft.core.named_adapters import delete_adapter
+from keras_peft.core.named_adapters import disabled
+from keras_peft.core.named_adapters import set_active
 from keras_peft.core.summary import TrainableSummary
 from keras_peft.core.summary import trainable_summary
 from keras_peft.core.summary import variable_groups

@@ -17,6 +17,7 @@ from keras_peft.core import injection
 from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
+from keras_peft.core import switching
 from keras_peft.core.atomic_dir import atomic_directory
 from keras_peft.prefix_tuning import eject
 from keras_peft.version import __version__
@@ -75,7 +76,7 @@ def _may_replace(path):
     return True
 
 
-def save_adapter(model, path, keep_prefix_mlp=False):
+def save_adapter(model, path, keep_prefix_mlp=False, name=None):
     """Saves only what trains: adapter weights, trainable head, JSON config.
 
     Writes a directory with `adapter_config.json` (the method configs, the
@@ -101,11 +102,17 @@ def save_adapter(model, path, keep_prefix_mlp=False):
     output), `"mlp"` (the MLP and `P'`) or `"direct"` (a prefix trained
     without an MLP, or after `eject_prefix`).
 
+    In a model holding several named adapters, one adapter is saved (with
+    its own head), exactly as a model holding only it would save it; the
+    bundle loads under any name.
+
     Args:
         model: a model keras-peft methods were applied to.
         path: str. The directory to write.
         keep_prefix_mlp: bool. Store a reparametrized prefix's MLP instead
             of the prefix it computes. Defaults to `False`.
+        name: str or `None`. The adapter to save; defaults to the active
+            one.
 
     Example:
     ```python
@@ -126,7 +133,13 @@ def save_adapter(model, path, keep_prefix_mlp=False):
             f"{type(model).__name__} has no keras-peft adapter applied; "
             "call `keras_peft.apply` first."
         )
-    configs = state.configs
+    name = state.active if name is None else switching.check_name(name)
+    if name not in state.adapters:
+        raise ValueError(
+            f"Cannot save adapter {name!r}: {type(model).__name__} holds "
+            f"the adapters {list(state.adapters)}."
+        )
+    configs = state.adapters[name].configs
     computed = (
         []
         if keep_prefix_mlp
@@ -136,7 +149,7 @@ def save_adapter(model, path, keep_prefix_mlp=False):
         configs = eject.ejected_configs(configs)
     arrays, entries = {}, []
     for address, variable_path, dtype, value in _saved_variables(
-        context.model, computed
+        context.model, computed, name
     ):
         key = f"v{len(entries):04d}"
         arrays[key] = value
@@ -167,8 +180,9 @@ def save_adapter(model, path, keep_prefix_mlp=False):
             "weights_file": WEIGHTS_FILE,
             "weights_sha256": _sha256(weights_path),
             "variables": entries,
+            "adapter_name": name,
         }
-        prefix = _prefix_storage(state.configs, computed)
+        prefix = _prefix_storage(state.adapters[name].configs, computed)
         if prefix is not None:
             document["prefix"] = prefix
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
@@ -188,23 +202,23 @@ def _prefix_storage(configs, computed):
     return "direct"
 
 
-def _saved_variables(model, computed):
+def _saved_variables(model, computed, name):
     """Yields `(address, path, dtype, array)` for each variable to save.
 
-    The model's trainable variables, except that the prefix MLPs feeding
-    the `PrefixAttention` layers in `computed` are replaced by the prefix
-    each layer gets from them, at the address `eject_prefix` would give it.
+    Adapter `name`'s trainable variables (`switching.named_variables`),
+    except that the prefix MLPs feeding the `PrefixAttention` layers in
+    `computed` are replaced by the prefix each layer gets from them, at the
+    address `eject_prefix` would give it.
     """
-    addresses = layer_tree.variable_addresses(model)
     dropped = {
         id(variable)
         for layer in computed
         for variable in layer.prefix_source.weights
     }
-    for variable in model.weights:
-        if variable.trainable and id(variable) not in dropped:
+    for address, variable in switching.named_variables(model, name):
+        if id(variable) not in dropped:
             yield (
-                addresses[id(variable)],
+                address,
                 variable.path,
                 str(variable.dtype),
                 _to_numpy(variable),
@@ -356,12 +370,15 @@ def _describe_signature(signature):
     return ", ".join(f"{k}={v!r}" for k, v in sorted(signature.items()))
 
 
-def load_adapter(model, path):
+def load_adapter(model, path, name=None):
     """Loads an adapter saved by `save_adapter` into a model.
 
-    Applies the saved configs first if the model has none, then loads the
-    weights. A bundle holding a computed prefix (`save_adapter`'s default)
-    loads as a prefix trained directly (`reparam=False`); one saved with
+    Loads into the model's adapter `name` if it has one (with the same
+    configs); otherwise applies the saved configs as adapter `name` first
+    (beside the model's other adapters, if any: it does not become the
+    active one), then loads the weights. A bundle holding a computed
+    prefix (`save_adapter`'s default) loads as a prefix trained directly
+    (`reparam=False`); one saved with
     `keep_prefix_mlp=True` brings its MLP back. Everything is checked
     before any weight changes: a missing or corrupted directory, another
     architecture or model size, another method or another config (such as
@@ -370,6 +387,8 @@ def load_adapter(model, path):
     Args:
         model: a model with the same base weights as the one saved from.
         path: str. The adapter directory.
+        name: str or `None`. The adapter to load into (or to create);
+            defaults to `"default"`.
 
     Returns:
         The same `model`.
@@ -378,8 +397,10 @@ def load_adapter(model, path):
     ```python
     fresh = keras_hub.models.BertTextClassifier(backbone, num_classes=2)
     keras_peft.load_adapter(fresh, "adapters/sst2")
+    keras_peft.load_adapter(fresh, "adapters/mnli", name="mnli")
     ```
     """
+    name = switching.check_name(name)
     bundle = _read_bundle(path)
     document = bundle.document
     context = architectures.resolve_model(model)
@@ -402,15 +423,20 @@ def load_adapter(model, path):
             f"model has {_describe_signature(signature)}."
         )
 
-    applied = injection.applied_configs(context.model)
+    state = state_lib.get_state(context.backbone)
+    adapters = state.adapters if state else {}
+    applied = adapters[name].configs if name in adapters else ()
     if applied == bundle.configs:
         plan = None
-        variables = [v for v in context.model.weights if v.trainable]
-        addresses = layer_tree.variable_addresses(context.model)
-    elif not applied:
-        plan = injection.plan(context.model, bundle.configs, initialize=False)
-        variables = plan.trainable_variables_after()
-        addresses = plan.variable_addresses_after()
+        named = switching.named_variables(context.model, name)
+    elif name not in adapters:
+        plan = injection.plan(
+            context.model, bundle.configs, initialize=False, name=name
+        )
+        trainable = {id(v) for v in plan.trainable_variables_after()}
+        named = switching.named_variables(
+            context.model, name, plan.named_view(), trainable
+        )
     else:
         mismatch = _describe_config_mismatch(bundle.configs, applied)
         hint = (
@@ -418,13 +444,15 @@ def load_adapter(model, path):
             "MLP: call `keras_peft.eject_prefix(model)` first, or load it "
             "into a model without adapters."
             if eject.ejected_configs(applied) == bundle.configs
-            else " Load it into a model without adapters, or one with the "
-            "same configs."
+            else " Load it under another name (`name=...`), into a model "
+            "without adapters, or into one with the same configs."
         )
         raise ValueError(
-            f"Cannot load adapter {path!r}: the model already has other "
-            f"adapters applied ({mismatch}).{hint}"
+            f"Cannot load adapter {path!r}: the model's adapter {name!r} "
+            f"has other configs ({mismatch}).{hint}"
         )
+    variables = [variable for _, variable in named]
+    addresses = {id(variable): address for address, variable in named}
 
     try:
         if document["format_version"] == 1:

@@ -12,6 +12,9 @@ A layer that already carries a replacing wrapper takes no second one:
 within one.
 """
 
+import contextlib
+import contextvars
+
 from keras_peft.core import config as config_lib
 from keras_peft.core import layer_tree
 from keras_peft.core import method as method_lib
@@ -61,6 +64,23 @@ def check_conflicts(configs, method_plans):
             seen[key] = config
 
 
+# Set while a named adapter is planned beside others: a layer's replacing
+# wrapper may then take the new adapter as another slot.
+_SHARING = contextvars.ContextVar("keras_peft_sharing", default=False)
+
+
+@contextlib.contextmanager
+def sharing_layers(sharing=True):
+    """While planning a named adapter beside other named adapters: a layer
+    already wrapped by a switchable wrapper may be targeted again (the new
+    wrapper, built detached, becomes a slot of the existing one)."""
+    token = _SHARING.set(bool(sharing))
+    try:
+        yield
+    finally:
+        _SHARING.reset(token)
+
+
 def check_wrappable(context, config, layers, graph_of=None):
     """Raises a `ValueError` unless each of `layers` can take a replacing
     wrapper for `config`. Every method checks its targets with it before
@@ -81,6 +101,8 @@ def check_wrappable(context, config, layers, graph_of=None):
     parents = layer_tree.parent_map(context.model)
     for layer in layers:
         wrapper = _replacing_wrapper(layer, parents)
+        if wrapper is not None and _SHARING.get() and _switchable(wrapper):
+            continue
         if wrapper is not None:
             raise ValueError(
                 f"Layer {layer.path!r} is already wrapped by a "
@@ -89,6 +111,10 @@ def check_wrappable(context, config, layers, graph_of=None):
                 + _ONE_REPLACING_WRAPPER
             )
         surgery.check_replaceable(context.model, layer, graph_of)
+
+
+def _switchable(layer):
+    return isinstance(layer, AdapterLayer) and layer.switchable
 
 
 def _replacing_wrapper(layer, parents):
@@ -140,22 +166,40 @@ class _Position:
         self.records = []
 
 
-def compose(context, method_plans):
+def compose(context, method_plans, shared_name=None):
     """The final `Replacement`s for `method_plans` on `context`'s model.
 
     Args:
         context: the `ModelContext`.
         method_plans: the `MethodPlan`s of one `apply`, conflicts checked.
+        shared_name: str or `None`. The adapter's name when it joins other
+            named adapters: a planned layer that matches a layer already
+            there (a replacing wrapper of the same layer, or a delta module
+            of the same kind at the same site, not yet holding this name)
+            becomes a slot of that layer instead of a layer of its own.
 
     Returns:
-        A tuple of `Replacement`: the replacing wrappers of layers without
-        deltas as planned, and one new `SiteHost` for each layer with deltas
-        (taking the place of the layer, its wrapper or its previous host).
+        `(replacements, absorbed)`. `replacements`: a tuple of
+        `Replacement`: the replacing wrappers of layers without deltas as
+        planned, and one new `SiteHost` for each layer with deltas (taking
+        the place of the layer, its wrapper or its previous host).
+        `absorbed`: a tuple of `Replacement` whose `old` is a layer already
+        in the model that takes the planned layer `new` as a slot.
     """
     parents = layer_tree.parent_map(context.model)
     replacing = {
         id(r.old): r for plan in method_plans for r in plan.replacements
     }
+    absorbed = []
+    if shared_name is not None:
+        for key, replacement in list(replacing.items()):
+            existing = _replacing_wrapper(replacement.old, parents)
+            if existing is not None:
+                existing.check_slot_source(replacement.new)
+                absorbed.append(
+                    method_lib.Replacement(existing, replacement.new)
+                )
+                del replacing[key]
     positions = {}
 
     def position(layer):
@@ -164,9 +208,19 @@ def compose(context, method_plans):
         return positions[id(layer)]
 
     taps = {}
+    taken = set()
     for plan in method_plans:
         for delta in plan.deltas:
             site = delta.site
+            if shared_name is not None:
+                existing = _module_to_share(
+                    site, delta, parents, shared_name, taken
+                )
+                if existing is not None:
+                    absorbed.append(
+                        method_lib.Replacement(existing, delta.module)
+                    )
+                    continue
             output = position(site.output_layer)
             if not delta.parallel:
                 output.sequential.append(delta.module)
@@ -200,7 +254,36 @@ def compose(context, method_plans):
                 name=current.name,
             )
         final.append(method_lib.Replacement(current, host))
-    return tuple(replacing.values()) + tuple(final)
+    return tuple(replacing.values()) + tuple(final), tuple(absorbed)
+
+
+def _module_to_share(site, delta, parents, name, taken):
+    """A delta module already at `site` that can take `delta.module` as a
+    slot: same class and settings, same kind (parallel or sequential) and
+    input, and no slot for `name` yet. `None` if there is none."""
+    host = outermost(site.output_layer, parents)
+    if not isinstance(host, SiteHost):
+        return None
+    if delta.parallel:
+        reads_own_input = site.input_layer is site.output_layer
+        candidates = [
+            module
+            for module, tap in host.parallel
+            if (tap is None) == reads_own_input
+            and (tap is None or tap.site_name == site.name)
+        ]
+    else:
+        candidates = list(host.sequential_modules)
+    for module in candidates:
+        if (
+            id(module) not in taken
+            and type(module) is type(delta.module)
+            and name not in module.slot_names
+            and module.slot_signature() == delta.module.slot_signature()
+        ):
+            taken.add(id(module))
+            return module
+    return None
 
 
 def _existing_tap(site, parents):

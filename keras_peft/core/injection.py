@@ -17,6 +17,8 @@ from keras_peft.core import precision
 from keras_peft.core import recompile
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
+from keras_peft.core import switching
+from keras_peft.core import task_heads
 from keras_peft.core import tf_distribute
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.wrapper import Wrapper
@@ -40,34 +42,62 @@ class Plan:
         method_plans,
         original_trainable,
         replacements=(),
+        name=state_lib.DEFAULT_NAME,
+        absorbed=(),
     ):
         self.context = context
         self.configs = configs
         self.method_plans = method_plans
         self.original_trainable = original_trainable
         self.replacements = tuple(replacements)
+        self.name = name
+        # Layers already in the model that take a planned layer as the slot
+        # of adapter `name` (`Replacement(existing, planned)`).
+        self.absorbed = tuple(absorbed)
 
     @property
     def _replacement_map(self):
         return {id(r.old): r.new for r in self.replacements}
 
+    def named_view(self):
+        """`id(layer)` to layer: what stands where once installed, as seen
+        by adapter `name`: a layer that takes a planned layer as its slot
+        shows that planned layer."""
+        steps = self._replacement_map
+        steps.update({id(r.old): r.new for r in self.absorbed})
+        view = {}
+        for key, layer in steps.items():
+            while id(layer) in steps:
+                layer = steps[id(layer)]
+            view[key] = layer
+        return view
+
     def _state_after(self):
         previous = state_lib.get_state(self.context.backbone)
-        configs = (previous.configs if previous else ()) + self.configs
-        groups = (previous.trainable_base_variables if previous else []) + [
-            tuple(p.trainable_base_variables) for p in self.method_plans
-        ]
-        return state_lib.PeftState(configs, groups, self.original_trainable)
+        groups = [tuple(p.trainable_base_variables) for p in self.method_plans]
+        if previous is None:
+            return state_lib.single(
+                self.configs, groups, self.original_trainable, self.name
+            )
+        existing = previous.adapters.get(self.name)
+        if existing is not None:
+            configs = existing.configs + self.configs
+            groups = list(existing.trainable_base_variables) + groups
+        else:
+            configs = self.configs
+        return previous.replaced(self.name, configs, groups)
 
     def _trainable_ids_after(self, state):
         adapters = [
             layer
             for layer in layer_tree.layers_in_order(
-                self.context.backbone, self._replacement_map
+                self.context.backbone, self.named_view()
             )
             if isinstance(layer, AdapterLayer)
         ]
-        return freezing.trainable_ids(adapters, state.trainable_base_variables)
+        return freezing.trainable_ids(
+            adapters, state.all_trainable_base_variables
+        )
 
     def trainable_variables_after(self):
         """The model's trainable variables, in `weights` order, once installed.
@@ -79,13 +109,13 @@ class Plan:
         backbone_ids = {
             id(v)
             for v in layer_tree.weights_in_order(
-                self.context.backbone, self._replacement_map
+                self.context.backbone, self.named_view()
             )
         }
         return [
             v
             for v in layer_tree.weights_in_order(
-                self.context.model, self._replacement_map
+                self.context.model, self.named_view()
             )
             if (id(v) in keep if id(v) in backbone_ids else v.trainable)
         ]
@@ -93,7 +123,7 @@ class Plan:
     def variable_addresses_after(self):
         """`layer_tree.variable_addresses` of the model, once installed."""
         return layer_tree.variable_addresses(
-            self.context.model, self._replacement_map
+            self.context.model, self.named_view()
         )
 
     def install(self, action="keras_peft.apply", stacklevel=3):
@@ -107,9 +137,6 @@ class Plan:
                 as 1 (as `warnings.warn` counts).
         """
         state = self._state_after()
-        # Computed on the tree before the swap: replacements are described
-        # relative to it.
-        keep = self._trainable_ids_after(state)
         for replacement in self.replacements:
             surgery.replace_layer(
                 self.context.model,
@@ -117,9 +144,11 @@ class Plan:
                 replacement.new,
                 graph_of=replacement.graph_of,
             )
-        freezing.set_backbone_trainable(self.context.backbone, keep)
-        state_lib.set_state(self.context.backbone, state)
-        model_saving.track(self.context.backbone, self.context.model)
+        with tf_distribute.creation_scope(self.context.model):
+            for absorbed in self.absorbed:
+                absorbed.old.add_slot(self.name, absorbed.new)
+            switching.name_slots(self.context.model, state, self.name)
+        record_state(self.context.backbone, state, self.context.model)
         surgery.forget_compiled_functions(self.context.model)
         recompile.require_recompile(
             self.context.model, action, stacklevel=stacklevel
@@ -132,13 +161,14 @@ class Plan:
         and the first one built saw the base's original state.
         """
         built = [r.new for p in self.method_plans for r in p.replacements]
+        built += [d.module for p in self.method_plans for d in p.deltas]
         for layer in reversed(built):
             release = getattr(layer, "release", None)
             if release is not None:
                 release()
 
 
-def plan(model, configs, initialize=True):
+def plan(model, configs, initialize=True, name=None):
     """Validates `configs` against `model` and builds their layers detached.
 
     Args:
@@ -147,10 +177,13 @@ def plan(model, configs, initialize=True):
         initialize: bool. `False` lets methods skip initializing new weights
             from data (a tokenizer, the model's activations): their values
             are about to be loaded.
+        name: str or `None`. The adapter the configs join or make; defaults
+            to `"default"`.
 
     Returns:
         A `Plan`; call `install()` to apply it or `abandon()` to drop it.
     """
+    name = switching.check_name(name)
     context = architectures.resolve_model(model)
     configs = config_lib.normalize_configs(configs)
     precision.check_compute_dtype(context)
@@ -160,28 +193,48 @@ def plan(model, configs, initialize=True):
         if previous
         else freezing.snapshot_trainable(context.backbone)
     )
+    others = [n for n in (previous.adapters if previous else ()) if n != name]
+    if others:
+        switching.check_joinable(context, name, others)
     method_plans = []
     try:
         with tf_distribute.creation_scope(context.model):
-            for config in configs:
-                method = config_lib.method_of(config)
-                method_plan = method.plan(
-                    context, config, initialize=initialize
-                )
-                for replacement in method_plan.replacements:
-                    if isinstance(replacement.new, Wrapper):
-                        # So that a later conflict on the layer names it.
-                        replacement.new.applied_config = config
-                method_plans.append(method_plan)
+            with composition.sharing_layers(bool(others)):
+                for config in configs:
+                    method = config_lib.method_of(config)
+                    method_plan = method.plan(
+                        context, config, initialize=initialize
+                    )
+                    for replacement in method_plan.replacements:
+                        if isinstance(replacement.new, Wrapper):
+                            # So that a later conflict on the layer names it.
+                            replacement.new.applied_config = config
+                    method_plans.append(method_plan)
             composition.check_conflicts(configs, method_plans)
-            replacements = composition.compose(context, method_plans)
+            if others:
+                switching.check_plans_joinable(name, others, method_plans)
+            replacements, absorbed = composition.compose(
+                context, method_plans, shared_name=name if others else None
+            )
+            if others and name not in previous.adapters:
+                heads, head_slots = task_heads.plan(context, name, others)
+                replacements += heads
+                absorbed += head_slots
     except BaseException:
         Plan(context, (), tuple(method_plans), original).abandon()
         raise
-    return Plan(context, configs, tuple(method_plans), original, replacements)
+    return Plan(
+        context,
+        configs,
+        tuple(method_plans),
+        original,
+        replacements,
+        name=name,
+        absorbed=absorbed,
+    )
 
 
-def apply(model, configs):
+def apply(model, configs, name=state_lib.DEFAULT_NAME):
     """Applies one or more methods to a keras-hub model, in place.
 
     Wraps the targeted layers, freezes everything of the backbone except the
@@ -190,12 +243,20 @@ def apply(model, configs):
     trainable. The model computes exactly what it computed before until it
     trains. Compile (or re-compile) the model after applying.
 
+    The configs form (or join) the adapter called `name`. A model can hold
+    several named adapters; exactly one acts (the first one added, until
+    `keras_peft.set_active` picks another), and switching between them
+    needs no new variables and no retracing. Adding an adapter does not
+    make it the active one.
+
     Args:
         model: a `keras_hub.models.BertBackbone` or `T5Backbone`, or a task
             holding one as `backbone` (`BertTextClassifier`, `BertMaskedLM`,
             `T5Seq2SeqLM`), with or without a preprocessor.
         configs: a method config such as `keras_peft.LoRAConfig()`, or a list
             of configs.
+        name: str. The adapter's name: letters, digits, `_` and `-`.
+            Defaults to `"default"`.
 
     Returns:
         The same `model`.
@@ -205,9 +266,12 @@ def apply(model, configs):
     classifier = keras_hub.models.BertTextClassifier(backbone, num_classes=2)
     keras_peft.apply(classifier, keras_peft.LoRAConfig(rank=8, alpha=16))
     print(keras_peft.trainable_summary(classifier))
+    keras_peft.apply(classifier, keras_peft.LoRAConfig(rank=8, alpha=16),
+                     name="mnli")
+    keras_peft.set_active(classifier, "mnli")
     ```
     """
-    plan(model, configs).install()
+    plan(model, configs, name=name).install()
     return model
 
 
@@ -236,23 +300,21 @@ def remove_method(model, method_name, layer_fn):
         for config, group in zip(state.configs, state.trainable_base_variables)
         if config.method != method_name
     ]
-    if not kept:
+    state = state.replaced(
+        state.active, [c for c, _ in kept], [g for _, g in kept]
+    )
+    if not state.adapters:
         freezing.restore_trainable(state.original_trainable)
         state_lib.set_state(context.backbone, None)
         model_saving.track(context.backbone, context.model)
         return
-    state = state_lib.PeftState(
-        tuple(c for c, _ in kept),
-        [g for _, g in kept],
-        state.original_trainable,
-    )
     record_state(context.backbone, state)
 
 
-def record_state(backbone, state):
+def record_state(backbone, state, model=None):
     """Records `state` and freezes the backbone to match it: adapter
-    variables of the layers it holds now and the base variables the configs
-    keep train; everything else is frozen."""
+    variables of the layers it holds now (every named adapter's) and the
+    base variables the configs keep train; everything else is frozen."""
     adapters = [
         layer
         for layer, _ in layer_tree.iter_layers(backbone)
@@ -260,10 +322,10 @@ def record_state(backbone, state):
     ]
     freezing.set_backbone_trainable(
         backbone,
-        freezing.trainable_ids(adapters, state.trainable_base_variables),
+        freezing.trainable_ids(adapters, state.all_trainable_base_variables),
     )
     state_lib.set_state(backbone, state)
-    model_saving.track(backbone)
+    model_saving.track(backbone, model)
 
 
 def applied_configs(model):

@@ -30,9 +30,16 @@ from keras_peft.core import architectures
 from keras_peft.core import config as config_lib
 from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
+from keras_peft.core import switching
+from keras_peft.core import task_heads
 
 RECORD_KEY = "keras_peft"
-RECORD_VERSION = 1
+# Version 2 names the adapters (`adapters`, `active`); a model holding one
+# adapter named "default" still writes version 1 (`configs`), which every
+# keras-peft reads.
+RECORD_VERSION = 2
+READABLE_RECORD_VERSIONS = (1, 2)
+HEADS_KEY = "keras_peft_heads"
 
 _PEFT_CLASS = {}  # keras-hub backbone class -> its keras-peft subclass
 _BASE_CLASS = {}  # keras-peft subclass -> its keras-hub backbone class
@@ -52,11 +59,61 @@ def _merged_lora_indices(backbone):
 def _record(backbone):
     state = state_lib.get_state(backbone)
     _, merged = _merged_lora_indices(backbone)
+    if tuple(state.adapters) == (state_lib.DEFAULT_NAME,):
+        return {
+            "format_version": 1,
+            "configs": [config.to_dict() for config in state.configs],
+            "merged_lora": merged,
+        }
     return {
         "format_version": RECORD_VERSION,
-        "configs": [config.to_dict() for config in state.configs],
+        "adapters": [
+            {
+                "name": name,
+                "configs": [config.to_dict() for config in adapter.configs],
+            }
+            for name, adapter in state.adapters.items()
+        ],
+        "active": state.active,
         "merged_lora": merged,
     }
+
+
+def _named_configs(base, record):
+    """`[(name, configs)]` and the active name from a record, checked."""
+
+    def corrupted(expected):
+        return ValueError(
+            f"Cannot rebuild {base.__name__}: its {RECORD_KEY!r} record is "
+            f"corrupted (expected {expected}): {record!r}."
+        )
+
+    def configs_of(configs):
+        if (
+            not isinstance(configs, list)
+            or not configs
+            or not all(isinstance(c, dict) for c in configs)
+        ):
+            raise corrupted("a non-empty list of method configs per adapter")
+        return tuple(config_lib.config_from_dict(c) for c in configs)
+
+    if record["format_version"] == 1:
+        named = [(state_lib.DEFAULT_NAME, configs_of(record.get("configs")))]
+        return named, state_lib.DEFAULT_NAME
+    adapters = record.get("adapters")
+    if not isinstance(adapters, list) or not adapters:
+        raise corrupted("a non-empty list of named adapters")
+    named = []
+    for entry in adapters:
+        if not isinstance(entry, dict) or not isinstance(
+            entry.get("name"), str
+        ):
+            raise corrupted("each adapter with a name and configs")
+        named.append((entry["name"], configs_of(entry.get("configs"))))
+    active = record.get("active")
+    if active not in [name for name, _ in named]:
+        raise corrupted("the active adapter among the named ones")
+    return named, active
 
 
 def _restore(base, config):
@@ -69,30 +126,27 @@ def _restore(base, config):
         return backbone
     if (
         not isinstance(record, dict)
-        or record.get("format_version") != RECORD_VERSION
+        or record.get("format_version") not in READABLE_RECORD_VERSIONS
     ):
         raise ValueError(
             f"Cannot rebuild {base.__name__}: its {RECORD_KEY!r} record "
-            f"{record!r} is not a version-{RECORD_VERSION} keras-peft record "
-            "(saved by another keras-peft version?)."
+            f"{record!r} is not a keras-peft record of version "
+            f"{' or '.join(map(str, READABLE_RECORD_VERSIONS))} (saved by "
+            "another keras-peft version?)."
         )
-    configs = record.get("configs")
     merged = record.get("merged_lora", [])
-    if (
-        not isinstance(configs, list)
-        or not configs
-        or not all(isinstance(c, dict) for c in configs)
-        or not isinstance(merged, list)
-        or not all(type(i) is int for i in merged)
-    ):
+    if not isinstance(merged, list) or not all(type(i) is int for i in merged):
         raise ValueError(
             f"Cannot rebuild {base.__name__}: its {RECORD_KEY!r} record is "
-            "corrupted (expected a non-empty list of method configs and a "
-            f"list of merged LoRA layer indices): {record!r}."
+            "corrupted (expected a list of merged LoRA layer indices): "
+            f"{record!r}."
         )
-    configs = tuple(config_lib.config_from_dict(c) for c in configs)
-    # The weights file supplies every value: no initialization from data.
-    injection.plan(backbone, configs, initialize=False).install()
+    named, active = _named_configs(base, record)
+    for name, configs in named:
+        # The weights file supplies every value: no initialization from data.
+        injection.plan(backbone, configs, initialize=False, name=name).install()
+    switching.select(backbone, active)
+    state_lib.get_state(backbone).active = active
     layers, _ = _merged_lora_indices(backbone)
     for index in merged:
         if not 0 <= index < len(layers):
@@ -149,9 +203,25 @@ def _keras_hub_tasks():
 
 
 def _peft_task_class(task):
-    # Only for keras-hub's preset loading: `Task.from_preset` looks for a
-    # registered task class whose `backbone_cls` is the preset's backbone
-    # class, which for an applied model is the keras-peft one.
+    # `Task.from_preset` looks for a registered task class whose
+    # `backbone_cls` is the preset's backbone class, which for an applied
+    # model is the keras-peft one. The config also names the adapters
+    # whose heads the task keeps (`TaskHead`), to wrap them again.
+    def get_config(self):
+        config = task.get_config(self)
+        names = task_heads.head_names(self)
+        if names:
+            config[HEADS_KEY] = list(names)
+        return config
+
+    def from_config(cls, config):
+        config = dict(config)
+        names = config.pop(HEADS_KEY, None)
+        model = task.from_config.__func__(cls, config)
+        if names is not None:
+            task_heads.restore(model, names)
+        return model
+
     cls = type(
         task.__name__,
         (task,),
@@ -160,6 +230,8 @@ def _peft_task_class(task):
             "__doc__": f"A {task.__name__} on a backbone with keras-peft "
             "methods applied (what `from_preset` of its preset builds).",
             "backbone_cls": _PEFT_CLASS[task.backbone_cls],
+            "get_config": get_config,
+            "from_config": classmethod(from_config),
         },
     )
     return keras.saving.register_keras_serializable(

@@ -3,24 +3,81 @@
 import dataclasses
 import weakref
 
+DEFAULT_NAME = "default"
+
 _STATES = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass
-class PeftState:
-    """The configs applied to one backbone and how to undo the freezing.
+class NamedAdapter:
+    """The configs of one named adapter.
 
     Args:
         configs: tuple. The applied configs, in order.
         trainable_base_variables: list of tuples. For each config, the base
             variables it keeps trainable.
-        original_trainable: dict. `id(variable)` to `(variable, trainable)`
-            for every backbone variable before keras-peft first changed it.
     """
 
     configs: tuple
     trainable_base_variables: list
+
+
+@dataclasses.dataclass
+class PeftState:
+    """The named adapters applied to one backbone and how to undo the
+    freezing.
+
+    Args:
+        adapters: dict. Adapter name to `NamedAdapter`, in the order the
+            adapters were added.
+        active: str. The name of the adapter that acts.
+        original_trainable: dict. `id(variable)` to `(variable, trainable)`
+            for every backbone variable before keras-peft first changed it.
+    """
+
+    adapters: dict
+    active: str
     original_trainable: dict
+
+    @property
+    def configs(self):
+        """The active adapter's configs."""
+        return self.adapters[self.active].configs
+
+    @property
+    def trainable_base_variables(self):
+        """The active adapter's kept base variables, one tuple per config."""
+        return self.adapters[self.active].trainable_base_variables
+
+    @property
+    def all_trainable_base_variables(self):
+        """Every adapter's kept base variables, one tuple per config."""
+        return [
+            group
+            for adapter in self.adapters.values()
+            for group in adapter.trainable_base_variables
+        ]
+
+    def replaced(self, name, configs, trainable_base_variables):
+        """A copy with adapter `name` holding these configs (added last if
+        new; dropped if `configs` is empty)."""
+        adapters = dict(self.adapters)
+        if configs:
+            adapters[name] = NamedAdapter(
+                tuple(configs), list(trainable_base_variables)
+            )
+        else:
+            adapters.pop(name, None)
+        return PeftState(adapters, self.active, self.original_trainable)
+
+
+def single(configs, trainable_base_variables, original_trainable, name):
+    """A state holding one adapter, `name`, active."""
+    return PeftState(
+        {name: NamedAdapter(tuple(configs), list(trainable_base_variables))},
+        name,
+        original_trainable,
+    )
 
 
 def get_state(backbone):

@@ -1,6 +1,12 @@
 """The base class that marks a layer as holding keras-peft weights."""
 
+import contextlib
+
 import keras
+from keras import ops
+
+from keras_peft.core.scopes import scope_of
+from keras_peft.layers import routing
 
 
 class AdapterLayer(keras.layers.Layer):
@@ -10,9 +16,27 @@ class AdapterLayer(keras.layers.Layer):
     `AdapterLayer` that does not belong to its wrapped `base_layer` is an
     adapter variable. Subclasses set the class attribute `method` to the
     name of the method they implement.
+
+    One layer can hold the weights of several named adapters (`slots`):
+    slot 0 is the variables the layer built; `add_slot` gives it another
+    adapter's, of the same shapes. Once `enable_switching()` made its
+    int32 `active_slot` variable, the layer computes with the slot that
+    variable names, or, when it names no slot (`len(slot_names)`), with
+    zeros in place of every adapter variable: the layer then adds exactly
+    nothing. Switching is an assignment, so compiled functions keep
+    running without being traced again. Subclasses read their adapter
+    variables through `slot_values`.
+
+    While disabled (`keras_peft.layers.disabling`), a layer computes what
+    its base layer computes.
     """
 
     method = ""
+    # Whether the layer reads its adapter variables through `slot_values`
+    # (and so can hold several named adapters and switch between them).
+    switchable = False
+    # Settings that may differ between adapters sharing the layer.
+    slot_independent_settings = ()
 
     @property
     def wrapped_layer(self):
@@ -21,7 +45,203 @@ class AdapterLayer(keras.layers.Layer):
 
     @property
     def adapter_variables(self):
-        """The variables this layer adds, excluding its base layer's."""
+        """The variables this layer adds, excluding its base layer's and
+        its `active_slot`: every slot's weights."""
         base = self.wrapped_layer
-        base_ids = {id(v) for v in base.weights} if base is not None else set()
-        return [v for v in self.weights if id(v) not in base_ids]
+        excluded = {id(v) for v in base.weights} if base is not None else set()
+        if self.active_slot is not None:
+            excluded.add(id(self.active_slot))
+        return [v for v in self.weights if id(v) not in excluded]
+
+    # Named slots.
+
+    @property
+    def slot_names(self):
+        """The names of the adapters this layer holds weights for, slot 0
+        first."""
+        return tuple(self.__dict__.get("_slot_names", ()))
+
+    def set_slot_names(self, names):
+        """Names the slots (`keras_peft.apply` names slot 0)."""
+        self.__dict__["_slot_names"] = tuple(names)
+
+    @property
+    def active_slot(self):
+        """The int32 variable holding the slot this layer computes with, or
+        `None` while the layer always computes with slot 0."""
+        return self.__dict__.get("_active_slot")
+
+    def slot_variables(self, slot=0):
+        """The adapter variables of one slot, in slot 0's order."""
+        template = self._template_variables()
+        if slot == 0:
+            return template
+        banks = self.__dict__.get("_slot_banks", [])
+        return list(banks[slot - 1])
+
+    def _template_variables(self):
+        banked = {
+            id(v) for bank in self.__dict__.get("_slot_banks", []) for v in bank
+        }
+        return [v for v in self.adapter_variables if id(v) not in banked]
+
+    def check_slot_source(self, source):
+        """Raises a `ValueError` unless `source`, a layer built for another
+        adapter, can become one of this layer's slots: same class, same
+        settings, same variable shapes and dtypes."""
+        mine, theirs = self.slot_signature(), source.slot_signature()
+        if type(source) is not type(self) or mine != theirs:
+            differences = ", ".join(
+                f"{key}={theirs.get(key)!r} instead of {mine.get(key)!r}"
+                for key in sorted(set(mine) | set(theirs))
+                if mine.get(key) != theirs.get(key)
+            )
+            raise ValueError(
+                f"{type(self).__name__} {self.path!r} holds the adapters "
+                f"{list(self.slot_names)}; another adapter at this layer "
+                f"must match them, but has {differences}. Adapters sharing "
+                "a layer need the same method and settings (LoRA's rank "
+                "and alpha, a bottleneck's width and scale)."
+            )
+
+    def slot_signature(self):
+        """What adapters sharing this layer must agree on: its settings and
+        its slot-0 variables' names, shapes and dtypes."""
+        config = self.get_config()
+        ignored = ("name", "dtype", "trainable", "base_layer", "merged")
+        for key in ignored + tuple(self.slot_independent_settings):
+            config.pop(key, None)
+        config["variables"] = [
+            (v.name, tuple(v.shape), str(v.dtype))
+            for v in self._template_variables()
+        ]
+        return {key: repr(value) for key, value in config.items()}
+
+    def enable_switching(self):
+        """Creates `active_slot` (pointing at slot 0). Idempotent."""
+        if self.active_slot is not None:
+            return
+        with self._unlocked():
+            variable = self.add_weight(
+                name="active_slot",
+                shape=(),
+                dtype="int32",
+                initializer="zeros",
+                trainable=False,
+            )
+        self.__dict__["_active_slot"] = variable
+
+    def add_slot(self, name, source):
+        """Adds a slot for adapter `name` holding copies of `source`'s slot-0
+        values (`check_slot_source` passed)."""
+        variables = []
+        with self._unlocked():
+            for variable, value in zip(
+                self._template_variables(), source.slot_variables(0)
+            ):
+                variables.append(
+                    self.add_weight(
+                        name=f"{variable.name}__{name}",
+                        shape=variable.shape,
+                        dtype=variable.dtype,
+                        initializer=_constant(ops.convert_to_numpy(value)),
+                        trainable=variable.trainable,
+                    )
+                )
+        banks = list(self.__dict__.get("_slot_banks", []))
+        self.__dict__["_slot_banks"] = banks + [variables]
+        self.set_slot_names(self.slot_names + (name,))
+
+    def remove_slot(self, name):
+        """Drops the slot of adapter `name` and its variables. Slot 0 (the
+        layer's own variables) takes over slot 1's values and name; a
+        layer's only slot cannot be removed."""
+        slot = self.slot_names.index(name)
+        if len(self.slot_names) == 1:
+            raise ValueError(
+                f"Adapter {name!r} is the only one {self.path!r} holds; "
+                "remove the layer instead."
+            )
+        if slot == 0:
+            for variable, value in zip(
+                self.slot_variables(0), self.slot_variables(1)
+            ):
+                variable.assign(value)
+            names = list(self.slot_names)
+            names[0], names[1] = names[1], names[0]
+            self.set_slot_names(names)
+            slot, name = 1, names[1]
+        banks = list(self.__dict__["_slot_banks"])
+        dropped = banks.pop(slot - 1)
+        with self._unlocked():
+            for variable in dropped:
+                self._tracker.untrack(variable)
+        self.__dict__["_slot_banks"] = banks
+        names = list(self.slot_names)
+        names.pop(slot)
+        self.set_slot_names(names)
+
+    def select(self, name):
+        """Points `active_slot` at adapter `name`'s slot, or at no slot when
+        this layer holds none for `name`."""
+        names = self.slot_names
+        slot = names.index(name) if name in names else len(names)
+        self.active_slot.assign(slot)
+
+    @contextlib.contextmanager
+    def _unlocked(self):
+        locked = self._tracker.locked
+        with scope_of(self.path or self.name):
+            self._tracker.unlock()
+            try:
+                yield
+            finally:
+                if locked:
+                    self._tracker.lock()
+
+    @property
+    def routed(self):
+        """Whether the layer computes per example (`routing.per_example`):
+        `slot_values` then gives each value a leading batch axis."""
+        return routing.current() is not None
+
+    def _slot_index(self):
+        """The slot to compute with: a scalar, or one per example."""
+        route = routing.current()
+        if route is None:
+            return ops.convert_to_tensor(self.active_slot)
+        names, task_ids = route
+        held = self.slot_names
+        # A layer built by hand (no names) serves every adapter.
+        table = [
+            held.index(n) if n in held else (len(held) if held else 0)
+            for n in names
+        ]
+        return ops.take(ops.convert_to_tensor(table, "int32"), task_ids)
+
+    def slot_values(self, *variables):
+        """The values to compute with in place of slot-0 `variables`: the
+        variables themselves, or, once switching is enabled, those of the
+        active slot (zeros when it names none); while routing per example,
+        each example's, stacked on a leading batch axis."""
+        if self.active_slot is None and not self.routed:
+            return variables if len(variables) > 1 else variables[0]
+        template = self._template_variables()
+        position = {id(v): i for i, v in enumerate(template)}
+        banks = self.__dict__.get("_slot_banks", [])
+        index = self._slot_index()
+        values = []
+        for variable in variables:
+            i = position[id(variable)]
+            # `.value`: read as the layer reads its variables (autocast).
+            candidates = [v.value for v in [variable] + [b[i] for b in banks]]
+            candidates.append(ops.zeros_like(candidates[0]))
+            values.append(ops.take(ops.stack(candidates), index, axis=0))
+        return tuple(values) if len(values) > 1 else values[0]
+
+
+def _constant(value):
+    def initializer(shape, dtype=None):
+        return ops.cast(ops.convert_to_tensor(value), dtype)
+
+    return initializer

@@ -59,6 +59,7 @@ class Bottleneck(AdapterLayer):
     """
 
     method = "adapter"
+    switchable = True
 
     def __init__(
         self,
@@ -148,14 +149,31 @@ class Bottleneck(AdapterLayer):
             inputs = ops.cast(inputs, "float32")
         return inputs, output_dtype
 
-    def scaled_up_projection(self):
-        """`(s * W_up, s * b_up)`."""
+    def projections(self):
+        """`(W_down, b_down, s * W_up, s * b_up)` of the acting adapter."""
+        variables = [
+            self.down_kernel,
+            self.down_bias,
+            self.up_kernel,
+            self.up_bias,
+        ]
+        if self.learned_scale is not None:
+            variables.append(self.learned_scale)
+        values = self.slot_values(*variables)
+        down_kernel, down_bias, up_kernel, up_bias = values[:4]
+        scale = self.scale if self.learned_scale is None else values[4]
+        if self.learned_scale is not None and self.routed:
+            # One scale per example: broadcast over its projections.
+            up_kernel = ops.multiply(up_kernel, _trailing(scale, up_kernel))
+            up_bias = ops.multiply(up_bias, _trailing(scale, up_bias))
+            return down_kernel, down_bias, up_kernel, up_bias
         # Scaling the small up-projection, not the activation-sized delta,
         # saves a full-size multiply per call.
-        scale = self.scale if self.learned_scale is None else self.learned_scale
         return (
-            ops.multiply(self.up_kernel, scale),
-            ops.multiply(self.up_bias, scale),
+            down_kernel,
+            down_bias,
+            ops.multiply(up_kernel, scale),
+            ops.multiply(up_bias, scale),
         )
 
     def delta(self, inputs):
@@ -163,13 +181,33 @@ class Bottleneck(AdapterLayer):
         self.check_width(inputs)
         inputs, output_dtype = self.compute_inputs(inputs)
         dtype = inputs.dtype
-        hidden = ops.matmul(inputs, ops.cast(self.down_kernel, dtype))
-        hidden = self.activation(
-            ops.add(hidden, ops.cast(self.down_bias, dtype))
-        )
-        up_kernel, up_bias = self.scaled_up_projection()
+        down_kernel, down_bias, up_kernel, up_bias = self.projections()
+        if self.routed:
+            return ops.cast(
+                self._delta_per_example(
+                    inputs, down_kernel, down_bias, up_kernel, up_bias
+                ),
+                output_dtype,
+            )
+        hidden = ops.matmul(inputs, ops.cast(down_kernel, dtype))
+        hidden = self.activation(ops.add(hidden, ops.cast(down_bias, dtype)))
         delta = ops.matmul(hidden, ops.cast(up_kernel, dtype))
         return ops.cast(ops.add(delta, ops.cast(up_bias, dtype)), output_dtype)
+
+    def _delta_per_example(
+        self, inputs, down_kernel, down_bias, up_kernel, up_bias
+    ):
+        """`delta` with each projection carrying a leading batch axis."""
+        dtype = inputs.dtype
+        shape = ops.shape(inputs)
+        # (batch, positions, width): one matmul per example.
+        flat = ops.reshape(inputs, (shape[0], -1, shape[-1]))
+        hidden = ops.matmul(flat, ops.cast(down_kernel, dtype))
+        hidden = ops.add(hidden, ops.cast(down_bias, dtype)[:, None])
+        hidden = self.activation(hidden)
+        delta = ops.matmul(hidden, ops.cast(up_kernel, dtype))
+        delta = ops.add(delta, ops.cast(up_bias, dtype)[:, None])
+        return ops.reshape(delta, (*shape[:-1], up_kernel.shape[-1]))
 
     def get_config(self):
         config = super().get_config()
@@ -184,3 +222,8 @@ class Bottleneck(AdapterLayer):
             }
         )
         return config
+
+
+def _trailing(per_example, like):
+    """A `(batch,)` tensor shaped to broadcast over `like`'s later axes."""
+    return ops.reshape(per_example, (-1,) + (1,) * (len(like.shape) - 1))

@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.disabling import is_disabled
 from keras_peft.layers.validation import check_int
 from keras_peft.layers.wrapper import Wrapper
 
@@ -73,6 +74,7 @@ def _parse_equation(equation, input_rank=None):
     for axis in in_axes:
         rest = rest.replace(axis, "")
     z = rank_axis
+    b = input_spec[0]
     return {
         # The fused pass's gradients need every non-contracted input axis in
         # the output; an equation that sums one away takes the plain path.
@@ -81,6 +83,9 @@ def _parse_equation(equation, input_rank=None):
         "out_axes": [kernel_spec.index(c) for c in out_axes],
         "down": f"{input_spec},{in_axes}{z}->{rest}{z}",
         "up": f"{rest}{z},{z}{out_axes}->{output}",
+        # With one A and B per example (the input's first axis).
+        "down_per_example": f"{input_spec},{b}{in_axes}{z}->{rest}{z}",
+        "up_per_example": f"{rest}{z},{b}{z}{out_axes}->{output}",
         "merge": f"{in_axes}{z},{z}{out_axes}->{kernel_spec}",
         # Gradients of the fused forward pass (see `LoRADense._fused`).
         "grad_input": f"{output},{kernel_spec}->{input_spec}",
@@ -150,6 +155,9 @@ class LoRADense(Wrapper, AdapterLayer):
     """
 
     method = "lora"
+    switchable = True
+    # Moved from the base layer, which every adapter at the layer shares.
+    slot_independent_settings = ("activation",)
 
     def __init__(
         self,
@@ -267,26 +275,34 @@ class LoRADense(Wrapper, AdapterLayer):
                 "`unmerge()` (or `keras_peft.unmerge_lora(model)`) before "
                 "training."
             )
-        if self.merged:
+        if self.merged or is_disabled(self):
             return self.activation(self.base_layer(inputs))
         if not keras.backend.is_float_dtype(inputs.dtype):
             # As the base's matmul or einsum promotes integer inputs.
             inputs = ops.cast(inputs, self.compute_dtype)
+        lora_a, lora_b = self.slot_values(self.lora_a, self.lora_b)
         # Scaling the small B, not the activation-sized update, saves a
         # full-size multiply per call.
-        lora_a = ops.cast(self.lora_a, inputs.dtype)
-        lora_b = ops.cast(ops.multiply(self.lora_b, self.scale), inputs.dtype)
+        lora_a = ops.cast(lora_a, inputs.dtype)
+        lora_b = ops.cast(ops.multiply(lora_b, self.scale), inputs.dtype)
         equations = self._equations(len(inputs.shape))
         if (
             (self.dropout_layer is not None and training)
             or not equations["fusable"]
             or not self._base_call_is_standard
+            or self.routed
         ):
             x = inputs
             if self.dropout_layer is not None:
                 x = self.dropout_layer(inputs, training=training)
-            down = ops.einsum(equations["down"], x, lora_a)
-            update = ops.einsum(equations["up"], down, lora_b)
+            # Routed per example, A and B carry a leading batch axis.
+            down_equation, up_equation = (
+                (equations["down_per_example"], equations["up_per_example"])
+                if self.routed
+                else (equations["down"], equations["up"])
+            )
+            down = ops.einsum(down_equation, x, lora_a)
+            update = ops.einsum(up_equation, down, lora_b)
             outputs = ops.add(self.base_layer(inputs), update)
         else:
             outputs = self._fused(equations, self._base_product)(
@@ -368,6 +384,13 @@ class LoRADense(Wrapper, AdapterLayer):
         """
         if self.merged:
             return
+        if len(self.slot_names) > 1 or self.active_slot is not None:
+            raise ValueError(
+                f"LoRADense {self.name!r} holds several named adapters "
+                f"({list(self.slot_names)}): merging one into the shared "
+                "kernel would change the others. Delete the other adapters "
+                "first (`keras_peft.delete_adapter`)."
+            )
         kernel = self.base_layer.kernel
         self._kernel_before_merge = ops.convert_to_numpy(kernel)
         delta = ops.cast(self.delta_kernel(), kernel.dtype)

@@ -154,9 +154,10 @@ class MAMBlock(keras.layers.Layer):
             ),
             deltas=(method_lib.Delta(ffn, adapter, parallel=True),),
         )
-        for replacement in composition.compose(
+        replacements, _ = composition.compose(
             _BlockContext(self.encoder), [plan]
-        ):
+        )
+        for replacement in replacements:
             surgery.replace_layer(
                 self.encoder, replacement.old, replacement.new
             )

@@ -129,13 +129,25 @@ class MultiHeadParallelAdapter(Bottleneck):
         queries = self._heads(queries, "queries")
         queries, output_dtype = self.compute_inputs(queries)
         dtype = queries.dtype
+        down_kernel, down_bias, up_kernel, up_bias = self.projections()
+        if self.routed:
+            # One bottleneck per head and per example.
+            shape = ops.shape(queries)
+            flat = ops.reshape(queries, (shape[0], -1, *shape[-2:]))
+            hidden = ops.einsum(
+                "bnhk,bkhr->bnhr", flat, ops.cast(down_kernel, dtype)
+            )
+            hidden = ops.add(hidden, ops.cast(down_bias, dtype)[:, None])
+            hidden = self.activation(hidden)
+            delta = ops.einsum(
+                "bnhr,bhrk->bnhk", hidden, ops.cast(up_kernel, dtype)
+            )
+            delta = ops.add(delta, ops.cast(up_bias, dtype)[:, None])
+            return ops.cast(ops.reshape(delta, shape), output_dtype)
         hidden = ops.einsum(
-            "...hk,khr->...hr", queries, ops.cast(self.down_kernel, dtype)
+            "...hk,khr->...hr", queries, ops.cast(down_kernel, dtype)
         )
-        hidden = self.activation(
-            ops.add(hidden, ops.cast(self.down_bias, dtype))
-        )
-        up_kernel, up_bias = self.scaled_up_projection()
+        hidden = self.activation(ops.add(hidden, ops.cast(down_bias, dtype)))
         delta = ops.einsum(
             "...hr,hrk->...hk", hidden, ops.cast(up_kernel, dtype)
         )

@@ -7,6 +7,7 @@ from keras import ops
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.disabling import is_disabled
 from keras_peft.layers.validation import check_int
 from keras_peft.layers.wrapper import Wrapper
 
@@ -214,6 +215,17 @@ class PrefixAttention(Wrapper, AdapterLayer):
         return_attention_scores=False,
         use_causal_mask=False,
     ):
+        if is_disabled(self):
+            extra = {"use_causal_mask": True} if use_causal_mask else {}
+            return original(
+                query,
+                key,
+                value,
+                attention_mask,
+                training,
+                return_attention_scores,
+                **extra,
+            )
         prefix_key, prefix_value = self._batched_prefix(
             ops.shape(key)[0], key.dtype
         )
@@ -318,6 +330,16 @@ class T5PrefixAttention(PrefixAttention):
         training=False,
     ):
         base = self.base_layer
+        if is_disabled(self):
+            return base(
+                hidden_states,
+                mask=mask,
+                key_value_states=key_value_states,
+                position_bias=position_bias,
+                cache=cache,
+                cache_update_index=cache_update_index,
+                training=training,
+            )
         batch_size, query_length = ops.shape(hidden_states)[:2]
         # Keys and values are projected here and the attention reads them
         # from a ready cache `[P; K]`: shifting the wrapped layer's own cache

@@ -4,6 +4,7 @@ after it in step with the longer sequence."""
 from keras import ops
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.disabling import is_disabled
 from keras_peft.layers.validation import check_int
 from keras_peft.layers.wrapper import Wrapper
 
@@ -104,6 +105,8 @@ class PromptInsertion(_PassThrough):
         return self.prompt(sequence)[0]
 
     def call(self, inputs, *args, **kwargs):
+        if is_disabled(self):
+            return self.base_layer(inputs, *args, **kwargs)
         if self.where == "output":
             return self._insert(self.base_layer(inputs, *args, **kwargs))
         mask = kwargs.get(self.mask_argument)
@@ -186,6 +189,8 @@ class PromptAlignment(_PassThrough):
         )
 
     def call(self, inputs, *args, **kwargs):
+        if is_disabled(self):
+            return self.base_layer(inputs, *args, **kwargs)
         mask = kwargs.get(self.mask_argument)
         if mask is not None:
             kwargs[self.mask_argument] = _insert_ones(

@@ -5,6 +5,7 @@ import threading
 
 import keras
 
+from keras_peft.layers.disabling import is_disabled
 from keras_peft.layers.wrapper import Wrapper
 
 
@@ -142,6 +143,8 @@ class SiteHost(Wrapper):
         return self.host_call(*args, **kwargs)
 
     def host_call(self, *args, **kwargs):
+        if is_disabled(self):
+            return self.base_layer(*args, **kwargs)
         inputs = args[0] if args else kwargs[self._input_name]
         for tap in self._records:
             tap.record(inputs)

@@ -99,10 +99,10 @@ def eject_prefix(model):
     for layer in layers:
         layer.eject()
     state = state_lib.get_state(context.backbone)
-    state = state_lib.PeftState(
+    state = state.replaced(
+        state.active,
         ejected_configs(state.configs),
         state.trainable_base_variables,
-        state.original_trainable,
     )
     injection.record_state(context.backbone, state)
     surgery.forget_compiled_functions(context.model)

@@ -1,0 +1,194 @@
+"""Mixed-task batches: each example computed with its own adapter."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_peft.core import architectures
+from keras_peft.core import state as state_lib
+from keras_peft.core import switching
+from keras_peft.layers import routing
+
+TASK_IDS = "task_ids"
+
+
+@keras.saving.register_keras_serializable(package="keras_peft")
+class MultiTaskModel(keras.Model):
+    """A model whose examples each run with the adapter their task id picks.
+
+    Takes the inputs of the model it holds plus `"task_ids"`, an int tensor
+    of shape `(batch,)`: example `b` is computed as the model computes it
+    with adapter `task_names[task_ids[b]]` active (and that adapter's
+    head), whatever `keras_peft.set_active` says. It shares every variable
+    with the model it holds; `fit` trains each adapter (and head) from its
+    own examples only.
+
+    A task id outside `[0, len(task_names))` raises a `ValueError` where
+    its value is known: a direct call in eager mode, and the NumPy inputs
+    of `predict`, `evaluate` and `fit`. Inside a compiled function (a
+    `tf.data` pipeline, XLA) ids are clipped into that range: an id below
+    0 acts as task 0, one above as the last task.
+
+    Build it with `keras_peft.multi_task(model, names)`.
+
+    Args:
+        model: a model holding the adapters.
+        task_names: sequence of adapter names; task id `i` is
+            `task_names[i]`.
+        **kwargs: `keras.Model` arguments such as `name`.
+    """
+
+    def __init__(self, model, task_names, **kwargs):
+        super().__init__(**kwargs)
+        self.task_model = model
+        self.task_names = tuple(task_names)
+
+    def call(self, inputs, training=None):
+        if not isinstance(inputs, dict) or TASK_IDS not in inputs:
+            raise ValueError(
+                f"A multi-task model takes a dict of inputs with a "
+                f"{TASK_IDS!r} entry (one task id per example). Received: "
+                f"{_describe(inputs)}"
+            )
+        inputs = dict(inputs)
+        task_ids = ops.cast(inputs.pop(TASK_IDS), "int32")
+        if len(task_ids.shape) == 2 and task_ids.shape[1] == 1:
+            task_ids = ops.squeeze(task_ids, axis=1)
+        if len(task_ids.shape) != 1:
+            raise ValueError(
+                f"{TASK_IDS!r} must have shape (batch,); got shape "
+                f"{tuple(task_ids.shape)}."
+            )
+        values = _concrete(task_ids)
+        if values is not None:
+            self.check_task_ids(values)
+        task_ids = ops.clip(task_ids, 0, len(self.task_names) - 1)
+        with routing.per_example(self.task_names, task_ids):
+            return self.task_model(inputs, training=training)
+
+    def check_task_ids(self, task_ids):
+        """Raises a `ValueError` unless every id picks one of the tasks."""
+        task_ids = np.asarray(task_ids)
+        if not np.issubdtype(task_ids.dtype, np.integer):
+            raise ValueError(
+                f"{TASK_IDS!r} must be integers; got dtype {task_ids.dtype}."
+            )
+        bad = task_ids[(task_ids < 0) | (task_ids >= len(self.task_names))]
+        if bad.size:
+            raise ValueError(
+                f"Task ids {sorted(set(bad.tolist()))[:5]} are out of range: "
+                f"this model serves {len(self.task_names)} tasks "
+                f"{list(self.task_names)}, ids 0 to "
+                f"{len(self.task_names) - 1}."
+            )
+
+    def _check_inputs(self, x):
+        if isinstance(x, dict) and TASK_IDS in x:
+            values = _concrete(x[TASK_IDS])
+            if values is not None:
+                self.check_task_ids(values)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_inputs(x)
+        return super().predict(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._check_inputs(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def fit(self, x=None, *args, **kwargs):
+        self._check_inputs(x)
+        return super().fit(x, *args, **kwargs)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "model": keras.saving.serialize_keras_object(self.task_model),
+            "task_names": list(self.task_names),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(config.pop("model"))
+        return cls(model, **config)
+
+
+def _concrete(x):
+    """`x` as a NumPy array when its values are known here, else `None`."""
+    if isinstance(x, (np.ndarray, list, tuple, int, np.integer)):
+        return np.asarray(x)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly() or not isinstance(x, tf.Tensor):
+            return None
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except Exception:  # A symbolic or traced tensor: no values here.
+        return None
+
+
+def _describe(inputs):
+    if isinstance(inputs, dict):
+        return f"a dict with keys {sorted(inputs)}"
+    return type(inputs).__name__
+
+
+def multi_task(model, names):
+    """A model that runs each example with the adapter its task id picks.
+
+    One frozen backbone serves several tasks in one batch: the returned
+    model takes the inputs of `model` plus `"task_ids"` (an int per
+    example) and computes example `b` as `model` computes it with adapter
+    `names[task_ids[b]]` active, head included (each adapter's head, when
+    the task keeps one per adapter). Its variables are `model`'s: `fit` on
+    mixed-task batches trains each adapter from its own examples only.
+
+    The methods it routes are LoRA and the bottleneck adapters
+    (sequential, parallel, scaled, multi-head), for now.
+
+    Args:
+        model: a supported keras-hub backbone or task holding the adapters.
+        names: sequence of adapter names (`keras_peft.adapter_names`); task
+            id `i` picks `names[i]`.
+
+    Returns:
+        A `MultiTaskModel`.
+
+    Example:
+    ```python
+    server = keras_peft.multi_task(classifier, ["sst2", "mnli"])
+    logits = server.predict({**inputs, "task_ids": np.array([0, 1, 1, 0])})
+    ```
+    """
+    context = architectures.resolve_model(model)
+    state = state_lib.get_state(context.backbone)
+    held = tuple(state.adapters) if state else ()
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise TypeError(
+            f"`names` must be a list of adapter names. Received: {names!r}"
+        )
+    if not names:
+        raise ValueError("`names` must name at least one adapter.")
+    unknown = [n for n in names if n not in held]
+    if unknown:
+        raise ValueError(
+            f"{type(context.model).__name__} has no adapters named "
+            f"{unknown}; its adapters are {list(held)}."
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"`names` repeats an adapter: {list(names)}.")
+    fixed = [
+        layer
+        for layer in switching.adapter_layers(context.model)
+        if not layer.switchable
+    ]
+    if fixed:
+        kinds = ", ".join(sorted({type(layer).__name__ for layer in fixed}))
+        raise ValueError(
+            f"`multi_task` routes LoRA and the bottleneck adapters per "
+            f"example for now; {type(context.model).__name__} holds {kinds} "
+            "layers."
+        )
+    return MultiTaskModel(context.model, names)

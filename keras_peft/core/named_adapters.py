@@ -1,0 +1,249 @@
+"""Several named adapters on one backbone: list, switch, disable, delete."""
+
+import contextlib
+
+from keras_peft.core import architectures
+from keras_peft.core import injection
+from keras_peft.core import layer_tree
+from keras_peft.core import recompile
+from keras_peft.core import scopes
+from keras_peft.core import state as state_lib
+from keras_peft.core import surgery
+from keras_peft.core import switching
+from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.disabling import is_disabled
+from keras_peft.layers.disabling import set_disabled
+from keras_peft.layers.site_host import SiteHost
+from keras_peft.layers.wrapper import Wrapper
+
+
+def adapter_names(model):
+    """The names of the adapters applied to `model`, in the order added.
+
+    Args:
+        model: a supported keras-hub backbone or task.
+
+    Returns:
+        A tuple of str; empty when no adapter is applied.
+
+    Example:
+    ```python
+    keras_peft.apply(classifier, keras_peft.LoRAConfig(), name="sst2")
+    keras_peft.apply(classifier, keras_peft.LoRAConfig(), name="mnli")
+    keras_peft.adapter_names(classifier)  # ("sst2", "mnli")
+    ```
+    """
+    state = _state(model)
+    return tuple(state.adapters) if state else ()
+
+
+def active_adapter(model):
+    """The name of the adapter that acts in `model`, or `None`.
+
+    Args:
+        model: a supported keras-hub backbone or task.
+    """
+    state = _state(model)
+    return state.active if state else None
+
+
+def set_active(model, name):
+    """Makes adapter `name` the one that acts in `model`.
+
+    The other adapters stay in the model, untouched, and add nothing to its
+    outputs. Switching assigns one int32 variable per adapter layer: it
+    builds no variable and retraces no compiled `predict`, `evaluate` or
+    `fit` function. Every adapter's variables stay trainable; those of
+    inactive adapters get zero gradients (an optimizer that decays weights,
+    such as `AdamW`, still moves them: train with a fresh `compile` per
+    adapter, or without weight decay).
+
+    Args:
+        model: a supported keras-hub backbone or task.
+        name: str. One of `keras_peft.adapter_names(model)`.
+
+    Returns:
+        The same `model`.
+
+    Example:
+    ```python
+    keras_peft.load_adapter(classifier, "adapters/mnli", name="mnli")
+    keras_peft.set_active(classifier, "mnli")
+    classifier.predict(batch)  # mnli's outputs, same compiled function
+    ```
+    """
+    context = architectures.resolve_model(model)
+    state = _known(context, name, "set_active")
+    switching.select(context.model, name)
+    state.active = name
+    return model
+
+
+@contextlib.contextmanager
+def disabled(model):
+    """A context in which `model` computes what its base model computes.
+
+    Every keras-peft layer of the model computes exactly what the layer it
+    wraps computes (no prompt, prefix, update or adapter), so outputs equal
+    those of the model before any adapter was applied, bit for bit. The
+    flag is read when layers are traced: entering and leaving drop the
+    model's compiled functions, so the next `predict` traces again. On exit,
+    also through an exception, the adapters act again.
+
+    A task's own layers outside the backbone (a classifier's head) are not
+    adapters: they compute as before (the active adapter's head). A config
+    that trains the base model's own variables (BitFit, LoRA's `bias`)
+    cannot be disabled: `disabled` raises a `ValueError` for it.
+
+    Args:
+        model: a supported keras-hub backbone or task.
+
+    Example:
+    ```python
+    with keras_peft.disabled(classifier):
+        base_logits = classifier.predict(batch)
+    ```
+    """
+    context = architectures.resolve_model(model)
+    state = state_lib.get_state(context.backbone)
+    if state is not None and any(state.all_trainable_base_variables):
+        kept = [
+            config
+            for adapter in state.adapters.values()
+            for config, group in zip(
+                adapter.configs, adapter.trainable_base_variables
+            )
+            if group
+        ]
+        raise ValueError(
+            f"`disabled` cannot give the base model's outputs: "
+            f"{', '.join(repr(c) for c in kept)} trains variables of the base "
+            "model itself (BitFit's biases, LoRA's `bias`), which no adapter "
+            "layer can switch off."
+        )
+    # The backbone's layers: a task's head (one per adapter) stays the
+    # active adapter's.
+    layers = [
+        layer
+        for layer, _ in layer_tree.iter_layers(context.backbone)
+        if isinstance(layer, (Wrapper, AdapterLayer))
+    ]
+    before = [is_disabled(layer) for layer in layers]
+    for layer in layers:
+        set_disabled(layer, True)
+    surgery.forget_compiled_functions(context.model)
+    try:
+        yield model
+    finally:
+        for layer, flag in zip(layers, before):
+            set_disabled(layer, flag)
+        surgery.forget_compiled_functions(context.model)
+
+
+def delete_adapter(model, name):
+    """Removes adapter `name` and its weights from `model`.
+
+    Layers that held only this adapter go, giving their place back to the
+    layer they wrapped; layers shared with other adapters drop its slot.
+    The other adapters compute as before. The active adapter cannot be
+    deleted (activate another one first). Compile the model again before
+    training it.
+
+    Args:
+        model: a supported keras-hub backbone or task.
+        name: str. One of `keras_peft.adapter_names(model)`, not the active
+            one.
+
+    Returns:
+        The same `model`.
+
+    Example:
+    ```python
+    keras_peft.set_active(classifier, "mnli")
+    keras_peft.delete_adapter(classifier, "sst2")
+    ```
+    """
+    context = architectures.resolve_model(model)
+    state = _known(context, name, "delete_adapter")
+    if name == state.active:
+        raise ValueError(
+            f"Adapter {name!r} is the active adapter of "
+            f"{type(context.model).__name__}; `delete_adapter` cannot delete "
+            "it. Activate another one first (`keras_peft.set_active`)"
+            + ("." if len(state.adapters) > 1 else ", or add one.")
+        )
+    layers = switching.adapter_layers(context.model)
+    alone = [layer for layer in layers if layer.slot_names == (name,)]
+    shared = [
+        layer
+        for layer in layers
+        if name in layer.slot_names and layer.slot_names != (name,)
+    ]
+    for layer in shared:
+        layer.remove_slot(name)
+    _remove_layers(context.model, alone)
+    state = state.replaced(name, (), ())
+    injection.record_state(context.backbone, state, context.model)
+    switching.select(context.model, state.active)
+    surgery.forget_compiled_functions(context.model)
+    recompile.require_recompile(
+        context.model, "keras_peft.delete_adapter", stacklevel=2
+    )
+    return model
+
+
+def _remove_layers(model, layers):
+    """Takes adapter `layers` out of `model`: delta modules out of their
+    site hosts, replacing wrappers out of the layer they wrap."""
+    removed = {id(layer) for layer in layers}
+    hosts = [
+        layer
+        for layer, _ in layer_tree.iter_layers(model)
+        if isinstance(layer, SiteHost)
+        and any(
+            id(m) in removed
+            for m in layer.parallel_modules + layer.sequential_modules
+        )
+    ]
+    for host in hosts:
+        parallel = [(m, t) for m, t in host.parallel if id(m) not in removed]
+        sequential = [
+            m for m in host.sequential_modules if id(m) not in removed
+        ]
+        if not parallel and not sequential and not host.records:
+            surgery.replace_layer(model, host, host.base_layer)
+            continue
+        with scopes.scope_of(host.path):
+            new = SiteHost(
+                host.base_layer,
+                parallel=parallel,
+                sequential=sequential,
+                records=host.records,
+                name=host.name,
+            )
+        surgery.replace_layer(model, host, new)
+    for layer in layers:
+        if isinstance(layer, Wrapper):
+            surgery.replace_layer(model, layer, layer.release())
+
+
+def _state(model):
+    context = architectures.resolve_model(model)
+    return state_lib.get_state(context.backbone)
+
+
+def _known(context, name, action):
+    """The backbone's state, once `name` is known to be one of its adapters."""
+    state = state_lib.get_state(context.backbone)
+    names = tuple(state.adapters) if state else ()
+    if name not in names:
+        held = (
+            f"its adapters are {list(names)}"
+            if names
+            else "it has no adapter applied"
+        )
+        raise ValueError(
+            f"`{action}`: {type(context.model).__name__} has no adapter "
+            f"named {name!r}; {held}."
+        )
+    return state

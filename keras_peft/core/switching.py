@@ -1,0 +1,245 @@
+"""Named adapters in one model: names, slots, and which variables are whose.
+
+Every `AdapterLayer` records the names of the adapters whose weights it
+holds (`slot_names`). While a model holds one adapter, its layers compute
+with their own variables, as they always did. Once it holds several, every
+adapter layer gets an `active_slot` variable; `set_active` assigns each one
+the slot of the chosen adapter (or none: the layer then adds nothing).
+"""
+
+import re
+
+from keras_peft.core import layer_tree
+from keras_peft.core import state as state_lib
+from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.site_host import SiteHost
+from keras_peft.layers.task_head import TaskHead
+from keras_peft.layers.wrapper import Wrapper
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def check_name(name):
+    """Returns `name` (`"default"` for `None`) or raises a `ValueError`."""
+    if name is None:
+        return state_lib.DEFAULT_NAME
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(
+            f"An adapter name is a non-empty string of letters, digits, '_' "
+            f"and '-', starting with a letter or digit. Received: {name!r}"
+        )
+    return name
+
+
+def adapter_layers(root):
+    """The `AdapterLayer`s under `root`, in tree order."""
+    return [
+        layer
+        for layer, _ in layer_tree.iter_layers(root)
+        if isinstance(layer, AdapterLayer)
+    ]
+
+
+def _describe_unswitchable(layers):
+    kinds = sorted({type(layer).__name__ for layer in layers})
+    return ", ".join(kinds)
+
+
+def check_joinable(context, name, others):
+    """Raises a `ValueError` unless the adapters already in the model can
+    share it with a new adapter `name`."""
+    state = state_lib.get_state(context.backbone)
+    fixed = [
+        layer
+        for layer in adapter_layers(context.backbone)
+        if not layer.switchable
+    ]
+    if fixed:
+        raise ValueError(
+            f"Cannot add adapter {name!r} beside {others}: their "
+            f"{_describe_unswitchable(fixed)} layers cannot be switched off "
+            "while another adapter acts. A model holding several named "
+            "adapters takes LoRA and the bottleneck adapters (sequential, "
+            "parallel, multi-head) for now."
+        )
+    kept = [
+        n
+        for n in others
+        if any(group for group in state.adapters[n].trainable_base_variables)
+    ]
+    if kept:
+        raise ValueError(
+            f"Cannot add adapter {name!r} beside {kept}: "
+            f"{_kept_reason(state.adapters[kept[0]].configs)}"
+        )
+
+
+def _kept_reason(configs):
+    described = ", ".join(repr(c) for c in configs)
+    return (
+        f"they train variables of the base model itself ({described}), "
+        "which every adapter shares. Several named adapters cannot keep base "
+        "variables trainable (BitFit, LoRA's `bias`) for now."
+    )
+
+
+def check_plans_joinable(name, others, method_plans):
+    """Raises a `ValueError` unless adapter `name`'s planned layers can be
+    switched off while one of `others` acts."""
+    built = []
+    for plan in method_plans:
+        built += [r.new for r in plan.replacements]
+        built += [d.module for d in plan.deltas]
+    fixed = [
+        layer
+        for root in built
+        for layer, _ in layer_tree.iter_layers(root)
+        if isinstance(layer, AdapterLayer) and not layer.switchable
+    ]
+    if fixed:
+        raise ValueError(
+            f"Cannot add adapter {name!r} beside {others}: its "
+            f"{_describe_unswitchable(fixed)} layers cannot be switched off "
+            "while another adapter acts. A model holding several named "
+            "adapters takes LoRA and the bottleneck adapters (sequential, "
+            "parallel, multi-head) for now."
+        )
+    if any(plan.trainable_base_variables for plan in method_plans):
+        raise ValueError(
+            f"Cannot add adapter {name!r} beside {others}: "
+            "it would train variables of the base model itself, which every "
+            "adapter shares. Several named adapters cannot keep base "
+            "variables trainable (BitFit, LoRA's `bias`) for now."
+        )
+
+
+def name_slots(model, state, name):
+    """After an install: names the slot 0 of layers new to the model
+    `name`, and, in a model with several adapters, makes every adapter
+    layer switchable and points it at the active adapter."""
+    layers = adapter_layers(model)
+    for layer in layers:
+        if not layer.slot_names:
+            layer.set_slot_names([name])
+    if len(state.adapters) > 1:
+        for layer in layers:
+            layer.enable_switching()
+    select(model, state.active)
+
+
+def select(model, name):
+    """Points every switchable layer of `model` at adapter `name`."""
+    for layer in adapter_layers(model):
+        if layer.active_slot is not None:
+            layer.select(name)
+
+
+def named_variables(model, name, view=None, trainable_ids=None):
+    """Adapter `name`'s trainable variables in `model`, with their
+    addresses as they would be in a model holding only that adapter.
+
+    The variables of other adapters are left out; a variable of a slot
+    other than slot 0 takes the address of its slot-0 counterpart, so
+    that an adapter saved from any slot loads into any other. Other
+    trainable variables (a task head) are included.
+
+    Args:
+        model: the model.
+        name: str. The adapter.
+        view: optional dict from `id(layer)` to the layer standing in its
+            place (`Plan.named_view`).
+        trainable_ids: optional set of the ids of the variables that train
+            (by default, those whose `trainable` is set).
+
+    Returns:
+        A list of `(address, variable)`, in `model.weights` order.
+    """
+    view = _resolved(view or {})
+    addresses = layer_tree.variable_addresses(
+        model, _alone_view(model, name, view)
+    )
+    mine, others = {}, set()
+    for layer in layer_tree.layers_in_order(model, view):
+        if not isinstance(layer, AdapterLayer):
+            continue
+        names = layer.slot_names or (name,)
+        template = layer.slot_variables(0)
+        own_addresses = [addresses.get(id(v)) for v in template]
+        for slot, slot_name in enumerate(names):
+            variables = layer.slot_variables(slot)
+            for address, variable in zip(own_addresses, variables):
+                if slot_name == name:
+                    mine[id(variable)] = address
+                else:
+                    others.add(id(variable))
+        if layer.active_slot is not None:
+            others.add(id(layer.active_slot))
+    found = []
+    for variable in layer_tree.weights_in_order(model, view):
+        if id(variable) in mine:
+            found.append((mine[id(variable)], variable))
+        elif id(variable) not in others and (
+            variable.trainable
+            if trainable_ids is None
+            else id(variable) in trainable_ids
+        ):
+            found.append((addresses[id(variable)], variable))
+    return found
+
+
+def _resolved(view):
+    """`view` with chains (a replaced by b, b by c) followed to their end."""
+    resolved = {}
+    for key, layer in view.items():
+        seen = {key}
+        while id(layer) in view and id(layer) not in seen:
+            seen.add(id(layer))
+            layer = view[id(layer)]
+        resolved[key] = layer
+    return resolved
+
+
+def _serves(layer, name):
+    return not layer.slot_names or name in layer.slot_names
+
+
+def _alone_view(model, name, view):
+    """`view`, plus each keras-peft wrapper that adapter `name` would not
+    have in a model holding only it replaced by the layer it wraps: a
+    replacing wrapper or task head without a slot for it (a task head's
+    slot 0 is addressed as its wrapped layer's own variables), a site host
+    with none of its modules and no tap they read. Addresses in this view
+    are those of a model holding adapter `name` alone."""
+    layers = layer_tree.layers_in_order(model, view)
+    hosts = [layer for layer in layers if isinstance(layer, SiteHost)]
+    read = {
+        id(tap)
+        for host in hosts
+        for module, tap in host.parallel
+        if tap is not None and _serves(module, name)
+    }
+    alone = dict(view)
+    keys = {}
+    for key, new in view.items():
+        keys.setdefault(id(new), []).append(key)
+    for layer in layers:
+        if isinstance(layer, SiteHost):
+            modules = host_modules(layer)
+            drop = not any(_serves(m, name) for m in modules) and not any(
+                id(tap) in read for tap in layer.records
+            )
+        elif isinstance(layer, TaskHead):
+            drop = True
+        elif isinstance(layer, AdapterLayer) and isinstance(layer, Wrapper):
+            drop = not _serves(layer, name)
+        else:
+            drop = False
+        if drop:
+            for key in keys.get(id(layer), [id(layer)]):
+                alone[key] = layer.wrapped_layer
+    return _resolved(alone)
+
+
+def host_modules(host):
+    """The delta modules a site host applies."""
+    return list(host.parallel_modules) + list(host.sequential_modules)

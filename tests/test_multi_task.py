@@ -1,0 +1,139 @@
+"""Mixed-task batches: every example computed with its own adapter and
+head, in serving and in training, on every backend."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_peft
+from tests import helpers
+from tests.test_named_adapters import SWITCHABLE
+from tests.test_named_adapters import _named_model
+from tests.test_named_adapters import _outputs_by_name
+from tests.test_named_adapters import _owner
+
+BACKEND = keras.backend.backend()
+TASKS = {
+    "bert_classifier": ("lora", "lora_ffn_and_adapter", "adapters"),
+    "t5_backbone": ("lora", "adapters", "lora_ffn_and_adapter"),
+}
+# Three tasks over a batch of 4: every task, one twice.
+TASK_IDS = np.array([2, 0, 1, 2], "int32")
+
+
+def _server(model_name):
+    case = helpers.MODEL_CASES[model_name]
+    names = TASKS[model_name]
+    model = _named_model(case, [(n, SWITCHABLE[n]()) for n in names])
+    expected = _outputs_by_name(model, case)
+    return case, model, keras_peft.multi_task(model, list(names)), expected
+
+
+def _rows(outputs, index):
+    return keras.tree.map_structure(lambda x: np.asarray(x)[index], outputs)
+
+
+@pytest.mark.parametrize("model_name", sorted(TASKS))
+def test_each_row_equals_its_task_run_alone(model_name):
+    case, model, server, expected = _server(model_name)
+    names = TASKS[model_name]
+    inputs = {**case.inputs(), "task_ids": TASK_IDS}
+    eager = helpers.numpy(server(inputs))
+    predicted = server.predict(inputs, verbose=0)
+    for row, task in enumerate(TASK_IDS):
+        want = _rows(expected[names[task]], row)
+        # Per-example weights take other kernels than one shared weight.
+        helpers.assert_outputs_close(_rows(eager, row), want, 1e-5)
+        helpers.assert_outputs_close(_rows(predicted, row), want, 1e-5)
+    # Serving every task leaves the model's own switch as it was.
+    assert keras_peft.active_adapter(model) == names[-1]
+
+
+def test_one_adapter_serves_as_the_model_computes():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(case, [("default", SWITCHABLE["adapters"]())])
+    server = keras_peft.multi_task(model, ["default"])
+    outputs = server({**case.inputs(), "task_ids": np.zeros(4, "int32")})
+    helpers.assert_outputs_close(helpers.numpy(outputs), case.outputs(model))
+
+
+def test_mixed_batches_train_each_task_from_its_own_examples():
+    case, model, server, _ = _server("bert_classifier")
+    names = TASKS["bert_classifier"]
+    inputs, labels = case.inputs(), case.labels()
+    trainable = server.trainable_weights
+    owners = {id(v): _owner(model, v) for v in trainable}
+    # A batch without task 1.
+    without = np.array([0, 2, 0, 2], "int32")
+
+    def loss(*_):
+        outputs = server({**inputs, "task_ids": without}, training=False)
+        return case.loss(labels, outputs)
+
+    _, grads = helpers.gradients(loss, trainable)
+    for variable, grad in zip(trainable, grads):
+        if owners[id(variable)] == names[1]:
+            assert grad is None or not np.any(grad), variable.path
+        else:
+            assert grad is not None and np.any(grad), variable.path
+
+    helpers.compile(
+        server, optimizer=keras.optimizers.Adam(0.01), loss=case.loss
+    )
+    before = [np.array(keras.ops.convert_to_numpy(v)) for v in server.weights]
+    server.fit({**inputs, "task_ids": without}, labels, epochs=2, verbose=0)
+    for variable, old in zip(server.weights, before):
+        new = keras.ops.convert_to_numpy(variable)
+        if variable.trainable and owners[id(variable)] != names[1]:
+            assert not np.array_equal(new, old), variable.path
+        else:
+            # Exact: frozen weights are never written; a zero gradient
+            # from a fresh Adam updates by 0.
+            np.testing.assert_array_equal(new, old, variable.path)
+
+
+def test_task_ids_out_of_range_raise_where_known():
+    case, model, server, expected = _server("bert_classifier")
+    inputs = case.inputs()
+    for ids in ([0, 3, 1, 0], [-1, 0, 0, 0]):
+        bad = {**inputs, "task_ids": np.array(ids, "int32")}
+        with pytest.raises(ValueError, match="out of range.*ids 0 to 2"):
+            server(bad)
+        with pytest.raises(ValueError, match="out of range"):
+            server.predict(bad, verbose=0)
+    with pytest.raises(ValueError, match="'task_ids' entry"):
+        server(inputs)
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="a tf.data pipeline hides the values"
+)
+def test_task_ids_out_of_range_are_clipped_in_a_compiled_function():
+    import tensorflow as tf
+
+    case, model, server, expected = _server("bert_classifier")
+    names = TASKS["bert_classifier"]
+    ids = np.array([7, -3, 2, 0], "int32")
+    data = tf.data.Dataset.from_tensors({**case.inputs(), "task_ids": ids})
+    predicted = server.predict(data, verbose=0)
+    for row, task in enumerate(np.clip(ids, 0, 2)):
+        helpers.assert_outputs_close(
+            predicted[row], expected[names[task]][row], 1e-5
+        )
+
+
+def test_bad_task_lists_are_refused():
+    case, model, server, _ = _server("bert_classifier")
+    with pytest.raises(ValueError, match=r"no adapters named \['x'\]"):
+        keras_peft.multi_task(model, ["lora", "x"])
+    with pytest.raises(ValueError, match="repeats"):
+        keras_peft.multi_task(model, ["lora", "lora"])
+    with pytest.raises(ValueError, match="at least one"):
+        keras_peft.multi_task(model, [])
+    with pytest.raises(TypeError, match="list of adapter names"):
+        keras_peft.multi_task(model, "lora")
+    prompted = keras_peft.apply(
+        case.build(), helpers.METHOD_CASES["prompt_tuning"].config(case)
+    )
+    with pytest.raises(ValueError, match="PromptEmbedding"):
+        keras_peft.multi_task(prompted, ["default"])

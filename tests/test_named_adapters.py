@@ -1,0 +1,434 @@
+"""Several named adapters on one model: switching, disabling, deleting,
+saving and loading by name, on every backend."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_peft
+from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.lora_dense import LoRADense
+from tests import helpers
+
+BACKEND = keras.backend.backend()
+
+# What several adapters may be made of: LoRA and the bottleneck adapters.
+SWITCHABLE = {
+    "lora": lambda: keras_peft.LoRAConfig(rank=4, alpha=8),
+    "lora_ffn_and_adapter": lambda: [
+        keras_peft.LoRAConfig(rank=2, targets="ffn"),
+        keras_peft.AdapterConfig(bottleneck=4, activation="gelu"),
+    ],
+    # gelu: a ReLU bottleneck this narrow can be dead on every [CLS]
+    # token, and the gradient checks want every weight reached.
+    "adapters": lambda: [
+        keras_peft.AdapterConfig(
+            bottleneck=4,
+            location="both",
+            parallel=True,
+            scale="learned",
+            activation="gelu",
+        ),
+        keras_peft.AdapterConfig(
+            bottleneck=4,
+            location="attn",
+            parallel=True,
+            multi_head=True,
+            activation="gelu",
+        ),
+    ],
+}
+
+
+def _randomize(model, variables, seed):
+    rng = np.random.default_rng(seed)
+    for variable in variables:
+        value = 0.3 * rng.normal(size=variable.shape)
+        variable.assign(value.astype(variable.dtype))
+
+
+def _named_model(case, adapters, seed=0):
+    """`case`'s model with each `(name, configs)` of `adapters` applied and
+    given random weights of its own (and its own head, on a task)."""
+    model = case.build()
+    for index, (name, configs) in enumerate(adapters):
+        before = {id(v) for v in model.weights}
+        keras_peft.apply(model, configs, name=name)
+        new = [v for v in model.trainable_weights if id(v) not in before]
+        if index == 0:
+            new = model.trainable_weights
+        _randomize(model, new, seed + index)
+    return model
+
+
+def _outputs_by_name(model, case):
+    outputs = {}
+    for name in keras_peft.adapter_names(model):
+        keras_peft.set_active(model, name)
+        outputs[name] = case.outputs(model)
+    return outputs
+
+
+@pytest.mark.parametrize(
+    "model_name, methods",
+    [
+        ("bert_classifier", ("lora", "lora_ffn_and_adapter", "adapters")),
+        ("t5_backbone", ("lora", "adapters")),
+    ],
+)
+def test_each_adapter_computes_what_it_computes_alone(
+    model_name, methods, tmp_path
+):
+    """Switching gives each adapter's outputs: those of a model holding
+    only that adapter (loaded from the bundle saved by name)."""
+    case = helpers.MODEL_CASES[model_name]
+    adapters = [(m, SWITCHABLE[m]()) for m in methods]
+    model = _named_model(case, adapters)
+    assert keras_peft.adapter_names(model) == methods
+    assert keras_peft.active_adapter(model) == methods[0]
+    outputs = _outputs_by_name(model, case)
+    for name in methods:
+        keras_peft.save_adapter(model, tmp_path / name, name=name)
+        with open(tmp_path / name / "adapter_config.json") as f:
+            assert json.load(f)["adapter_name"] == name
+        alone = case.build()
+        keras_peft.load_adapter(alone, str(tmp_path / name))
+        # Different ops: a stacked, gathered weight against the variable.
+        helpers.assert_outputs_close(case.outputs(alone), outputs[name], 1e-6)
+    # The adapters differ: each switch changed the outputs.
+    first, *rest = methods
+    for name in rest:
+        pairs = zip(
+            keras.tree.flatten(outputs[first]),
+            keras.tree.flatten(outputs[name]),
+        )
+        assert not all(np.allclose(x, y, atol=1e-3) for x, y in pairs)
+    # Loaded back by name beside each other, they switch the same way.
+    both = case.build()
+    for name in methods:
+        keras_peft.load_adapter(both, str(tmp_path / name), name=name)
+    assert keras_peft.active_adapter(both) == methods[0]
+    for name, expected in _outputs_by_name(both, case).items():
+        helpers.assert_outputs_close(expected, outputs[name], 1e-6)
+
+
+def _count_traces(monkeypatch):
+    """Counts Python calls of `LoRADense.call`: one per trace in a compiled
+    function."""
+    calls = []
+    original = LoRADense.call
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoRADense, "call", counting)
+    return calls
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="torch runs eagerly: nothing is traced"
+)
+def test_set_active_retraces_neither_predict_nor_fit(monkeypatch):
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["lora"]())]
+    )
+    expected = _outputs_by_name(model, case)
+    calls = _count_traces(monkeypatch)
+    helpers.compile(
+        model,
+        optimizer=keras.optimizers.SGD(0.01),
+        loss=case.loss,
+    )
+    predictions = {}
+    for name in ("a", "b", "a", "b"):
+        keras_peft.set_active(model, name)
+        predictions[name] = model.predict(case.inputs(), verbose=0)
+        if len(calls) and "traced" not in predictions:
+            predictions["traced"] = len(calls)
+    assert len(calls) == predictions["traced"]
+    for name in ("a", "b"):
+        # Compiled against eager: float tolerance.
+        np.testing.assert_allclose(predictions[name], expected[name], atol=1e-5)
+    traced = len(calls)
+    for name in ("a", "b", "a"):
+        keras_peft.set_active(model, name)
+        model.fit(case.inputs(), case.labels(), epochs=1, verbose=0)
+        if name == "a" and len(calls) > traced:
+            traced = len(calls)  # the first fit traces its step
+    assert len(calls) == traced
+
+
+def test_only_the_active_adapter_gets_gradients_and_trains():
+    """Inactive adapters get exactly zero gradients; a fit (Adam, fresh)
+    leaves them and the frozen base bit-identical and trains the active
+    adapter and its head."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case,
+        [
+            ("a", SWITCHABLE["lora_ffn_and_adapter"]()),
+            ("b", SWITCHABLE["lora"]()),
+        ],
+    )
+    keras_peft.set_active(model, "b")
+    inputs, labels = case.inputs(), case.labels()
+    trainable = model.trainable_weights
+    names = {id(v): _owner(model, v) for v in trainable}
+
+    def loss(*_):
+        return case.loss(labels, model(inputs, training=False))
+
+    _, grads = helpers.gradients(loss, trainable)
+    for variable, grad in zip(trainable, grads):
+        if names[id(variable)] == "a":
+            assert grad is None or not np.any(grad), variable.path
+        else:
+            assert grad is not None and np.any(grad), variable.path
+
+    helpers.compile(
+        model, optimizer=keras.optimizers.Adam(0.01), loss=case.loss
+    )
+    before = [np.array(keras.ops.convert_to_numpy(v)) for v in model.weights]
+    model.fit(inputs, labels, epochs=2, verbose=0)
+    for variable, old in zip(model.weights, before):
+        new = keras.ops.convert_to_numpy(variable)
+        if variable.trainable and names[id(variable)] == "b":
+            assert not np.array_equal(new, old), variable.path
+        else:
+            # Exact: a zero gradient from a fresh Adam updates by 0.
+            np.testing.assert_array_equal(new, old, variable.path)
+
+
+def _owner(model, variable):
+    """The adapter a trainable variable belongs to (its slot's name)."""
+    for layer in _adapter_layers(model):
+        for slot, name in enumerate(layer.slot_names):
+            if any(v is variable for v in layer.slot_variables(slot)):
+                return name
+    raise AssertionError(f"{variable.path} belongs to no adapter")
+
+
+def _adapter_layers(model):
+    from keras_peft.core import layer_tree
+
+    return [
+        layer
+        for layer, _ in layer_tree.iter_layers(model)
+        if isinstance(layer, AdapterLayer)
+    ]
+
+
+@pytest.mark.parametrize(
+    "model_name, method",
+    [
+        ("bert_classifier", "all_methods"),
+        ("t5_seq2seq", "all_methods"),
+        ("bert_masked_lm", "mam"),
+    ],
+)
+def test_disabled_gives_the_base_outputs_exactly(model_name, method):
+    case = helpers.MODEL_CASES[model_name]
+    model = case.build()
+    base = case.outputs(model)
+    keras_peft.apply(model, helpers.METHOD_CASES[method].config(case))
+    groups = keras_peft.variable_groups(model)
+    _randomize(
+        model, [v for g, vs in groups.items() if g != "head" for v in vs], 0
+    )
+    adapted = case.outputs(model)
+    with keras_peft.disabled(model) as same:
+        assert same is model
+        helpers.assert_outputs_equal(case.outputs(model), base)
+    helpers.assert_outputs_equal(case.outputs(model), adapted)
+    with pytest.raises(RuntimeError, match="inside"):
+        with keras_peft.disabled(model):
+            raise RuntimeError("inside")
+    helpers.assert_outputs_equal(case.outputs(model), adapted)
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="torch runs eagerly: nothing is traced"
+)
+def test_disabled_applies_to_a_compiled_predict():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = case.build()
+    base = model.predict(case.inputs(), verbose=0)
+    keras_peft.apply(model, SWITCHABLE["lora"]())
+    _randomize(model, keras_peft.variable_groups(model)["lora"], 0)
+    adapted = model.predict(case.inputs(), verbose=0)
+    with keras_peft.disabled(model):
+        # Same compiled graph of the same ops on the same values.
+        helpers.assert_outputs_equal(
+            model.predict(case.inputs(), verbose=0), base
+        )
+    helpers.assert_outputs_equal(
+        model.predict(case.inputs(), verbose=0), adapted
+    )
+
+
+def test_delete_adapter_keeps_the_others_and_frees_their_layers():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case,
+        [
+            ("a", SWITCHABLE["lora"]()),
+            ("b", SWITCHABLE["lora_ffn_and_adapter"]()),
+            ("c", SWITCHABLE["lora"]()),
+        ],
+    )
+    expected = _outputs_by_name(model, case)
+    count = len(model.weights)
+    keras_peft.set_active(model, "c")
+    keras_peft.delete_adapter(model, "b")
+    assert keras_peft.adapter_names(model) == ("a", "c")
+    # b's layers alone (FFN LoRA, adapters) are gone, and its slots.
+    assert len(model.weights) < count
+    assert not any("b" in layer.slot_names for layer in _adapter_layers(model))
+    for name, outputs in _outputs_by_name(model, case).items():
+        helpers.assert_outputs_equal(outputs, expected[name])
+    # Deleting the adapter of slot 0 hands slot 0 to the next one.
+    keras_peft.set_active(model, "c")
+    keras_peft.delete_adapter(model, "a")
+    assert keras_peft.adapter_names(model) == ("c",)
+    helpers.assert_outputs_close(case.outputs(model), expected["c"], 1e-6)
+
+
+def test_bad_names_and_deleting_the_active_adapter_leave_the_model():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["lora"]())]
+    )
+    before = helpers.snapshot(model)
+    with pytest.raises(ValueError, match=r"no adapter named 'c'.*\['a', 'b'\]"):
+        keras_peft.set_active(model, "c")
+    with pytest.raises(ValueError, match="no adapter named 'c'"):
+        keras_peft.delete_adapter(model, "c")
+    with pytest.raises(ValueError, match="'a' is the active adapter"):
+        keras_peft.delete_adapter(model, "a")
+    with pytest.raises(ValueError, match="Cannot save adapter 'c'"):
+        keras_peft.save_adapter(model, "unused", name="c")
+    for bad in ("", "a/b", " a", 3):
+        with pytest.raises(ValueError, match="adapter name"):
+            keras_peft.apply(model, SWITCHABLE["lora"](), name=bad)
+    helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+    assert keras_peft.active_adapter(model) == "a"
+    plain = case.build()
+    with pytest.raises(ValueError, match="has no adapter applied"):
+        keras_peft.set_active(plain, "default")
+
+
+@pytest.mark.parametrize(
+    "second, match",
+    [
+        (lambda: keras_peft.LoRAConfig(rank=2, alpha=8), "rank='2' instead"),
+        (
+            lambda: keras_peft.PromptTuningConfig(length=2, init="random"),
+            "cannot be switched off",
+        ),
+        (lambda: keras_peft.BitFitConfig(), "variables of the base model"),
+        (
+            lambda: keras_peft.LoRAConfig(rank=4, alpha=8, bias="lora_only"),
+            "variables of the base model",
+        ),
+    ],
+)
+def test_an_adapter_that_cannot_join_leaves_the_model(second, match):
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(case, [("a", SWITCHABLE["lora"]())])
+    before = helpers.snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        keras_peft.apply(model, second(), name="b")
+    helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+    assert keras_peft.adapter_names(model) == ("a",)
+
+
+def test_no_second_adapter_beside_prompts_or_base_training():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    for first in (
+        helpers.METHOD_CASES["prompt_tuning"].config(case),
+        keras_peft.BitFitConfig(),
+    ):
+        model = case.build()
+        keras_peft.apply(model, first, name="a")
+        before = helpers.snapshot(model)
+        with pytest.raises(ValueError, match="Cannot add adapter 'b'"):
+            keras_peft.apply(model, SWITCHABLE["lora"](), name="b")
+        helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+
+
+def test_a_task_head_other_than_dense_must_be_frozen_to_share():
+    case = helpers.MODEL_CASES["bert_masked_lm"]
+    model = _named_model(case, [("a", SWITCHABLE["lora"]())])
+    before = helpers.snapshot(model)
+    with pytest.raises(ValueError, match="MaskedLMHead.*Freeze them"):
+        keras_peft.apply(model, SWITCHABLE["lora"](), name="b")
+    helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+    model.get_layer("mlm_head").trainable = False
+    keras_peft.apply(model, SWITCHABLE["lora"](), name="b")
+    assert keras_peft.adapter_names(model) == ("a", "b")
+
+
+def test_an_adapter_for_another_backbone_shape_is_refused(tmp_path):
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(case, [("a", SWITCHABLE["lora"]())])
+    keras_peft.save_adapter(model, tmp_path / "a")
+    other = keras_peft.apply(
+        helpers.MODEL_CASES["t5_backbone"].build(),
+        SWITCHABLE["lora"](),
+        name="x",
+    )
+    before = helpers.snapshot(other)
+    with pytest.raises(ValueError, match="saved for a BertBackbone"):
+        keras_peft.load_adapter(other, str(tmp_path / "a"), name="a")
+    helpers.assert_snapshot_equal(before, helpers.snapshot(other))
+
+
+def test_merging_is_refused_while_several_adapters_share_a_layer():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["lora"]())]
+    )
+    before = case.outputs(model)
+    with pytest.raises(ValueError, match="several named adapters"):
+        keras_peft.merge_lora(model)
+    helpers.assert_outputs_equal(case.outputs(model), before)
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="whole-model saving is checked once, on TensorFlow",
+)
+@pytest.mark.parametrize("model_name", ["bert_classifier", "t5_backbone"])
+def test_keras_file_round_trip_keeps_every_adapter(model_name, tmp_path):
+    case = helpers.MODEL_CASES[model_name]
+    model = _named_model(
+        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["adapters"]())]
+    )
+    expected = _outputs_by_name(model, case)
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    assert keras_peft.adapter_names(restored) == ("a", "b")
+    assert keras_peft.active_adapter(restored) == "b"
+    for name, outputs in _outputs_by_name(restored, case).items():
+        helpers.assert_outputs_equal(outputs, expected[name])
+
+
+def test_a_single_default_adapter_saves_as_before(tmp_path):
+    """One adapter named "default": the same bundle and `.keras` record
+    as before adapters had names."""
+    case = helpers.MODEL_CASES["bert_backbone"]
+    model = case.build()
+    keras_peft.apply(model, SWITCHABLE["lora"]())
+    assert keras_peft.adapter_names(model) == ("default",)
+    config = model.get_config()["keras_peft"]
+    assert config["format_version"] == 1 and "configs" in config
+    keras_peft.save_adapter(model, tmp_path / "x")
+    assert os.path.isfile(tmp_path / "x" / "adapter_config.json")
+    assert not any(
+        layer.active_slot is not None for layer in _adapter_layers(model)
+    )
