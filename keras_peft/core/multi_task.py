@@ -42,6 +42,8 @@ class MultiTaskModel(keras.Model):
         super().__init__(**kwargs)
         self.task_model = model
         self.task_names = tuple(task_names)
+        # No weights of its own: built once the model it holds is.
+        self.built = model.built
 
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict) or TASK_IDS not in inputs:

@@ -146,6 +146,30 @@ def endpoints(model, include_preprocessor):
     return [("serve", serve, [strings_spec("text")])]
 
 
+def multi_task_endpoints(server, include_preprocessor):
+    """The endpoints of a `keras_peft.MultiTaskModel`: `serve` only, taking
+    the inputs of the model it holds (or raw text) plus `"task_ids"`."""
+    model = server.task_model
+    task_ids = tf.TensorSpec([None], tf.int32, name="task_ids")
+    if include_preprocessor:
+        if not isinstance(model, keras_hub.models.TextClassifier):
+            raise ValueError(
+                "A multi-task model serves raw strings for text classifiers "
+                f"only, not for {type(model).__name__}. Export with "
+                "include_preprocessor=False (it then takes token ids)."
+            )
+        preprocessor = model.preprocessor
+
+        def serve(x):
+            tokens = _first(preprocessor(x["text"]))
+            return server({**tokens, "task_ids": x["task_ids"]}, training=False)
+
+        signature = {"text": strings_spec("text"), "task_ids": task_ids}
+        return [("serve", serve, [signature])]
+    signature = {**model_input_signature(model), "task_ids": task_ids}
+    return [("serve", lambda x: server(x, training=False), [signature])]
+
+
 def check_preprocessor(model):
     """Raises a `ValueError` unless `model` can serve raw strings.
 

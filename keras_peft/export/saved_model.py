@@ -109,8 +109,17 @@ def export_saved_model(
 
     Loading needs only TensorFlow: neither keras, keras-hub nor keras-peft.
 
+    A `keras_peft.multi_task` model serves all its tasks from one
+    SavedModel: `serve` takes the model's inputs plus `"task_ids"` (int32,
+    one per example), or with `include_preprocessor=True` (a text
+    classifier) a dict `{"text": strings, "task_ids": ints}`. It is
+    exported as it is (several adapters share each kernel, so nothing is
+    folded); out-of-range task ids are clipped into range, as in any
+    compiled function.
+
     Args:
-        model: a keras-hub backbone or task (applied or not).
+        model: a keras-hub backbone or task (applied or not), or a
+            `keras_peft.MultiTaskModel`.
         directory: str or path. Created, or replaced if it is a SavedModel.
         merge: bool. Fold LoRA and reparametrized prefixes into the export.
             Defaults to `True`.
@@ -126,6 +135,14 @@ def export_saved_model(
     )
     ```
     """
+    from keras_peft.core.multi_task import MultiTaskModel
+
+    if isinstance(model, MultiTaskModel):
+        _check_arguments(
+            model.task_model, directory, merge, include_preprocessor
+        )
+        _export_multi_task(model, directory, include_preprocessor)
+        return
     _check_arguments(model, directory, merge, include_preprocessor)
     from keras_peft.export import endpoints as endpoints_lib
 
@@ -148,3 +165,23 @@ def export_saved_model(
             os.path.realpath(os.fspath(directory)), may_replace=_may_replace
         ) as tmp:
             archive.write_out(tmp, verbose=False)
+
+
+def _export_multi_task(server, directory, include_preprocessor):
+    from keras_peft.export import endpoints as endpoints_lib
+
+    model = server.task_model
+    if include_preprocessor and not model.preprocessor.built:
+        model.preprocessor.build(None)
+    archive = keras.export.ExportArchive()
+    archive.track(server)
+    for name, fn, signature in endpoints_lib.multi_task_endpoints(
+        server, include_preprocessor
+    ):
+        archive.add_endpoint(name, fn, input_signature=signature)
+    if include_preprocessor:
+        archive.track(model.preprocessor)
+    with atomic_dir.atomic_directory(
+        os.path.realpath(os.fspath(directory)), may_replace=_may_replace
+    ) as tmp:
+        archive.write_out(tmp, verbose=False)

@@ -1,0 +1,65 @@
+"""One SavedModel serving every task of a `keras_peft.multi_task` model."""
+
+import os
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+import keras_peft
+from tests import helpers
+from tests.test_multi_task import TASK_IDS
+from tests.test_multi_task import _server
+
+
+def test_a_multi_task_model_serves_every_task(tmp_path):
+    case, model, server, _ = _server("bert_classifier")
+    inputs = {**case.inputs(), "task_ids": TASK_IDS}
+    expected = keras.ops.convert_to_numpy(server(inputs))
+    before = helpers.snapshot(model)
+    directory = os.path.join(tmp_path, "export")
+    keras_peft.export_saved_model(server, directory)
+    helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+    loaded = tf.saved_model.load(directory)
+    served = loaded.serve(
+        {name: tf.constant(value) for name, value in inputs.items()}
+    )
+    # A traced graph against eager calls: float tolerance.
+    helpers.assert_outputs_close(served.numpy(), expected, atol=1e-5)
+    # Ids out of range are clipped, as in any compiled function: 9 acts
+    # as the last task and -1 as task 0, the tasks of TASK_IDS' rows.
+    assert list(TASK_IDS) == [2, 0, 1, 2]
+    clipped = loaded.serve(
+        {
+            **{k: tf.constant(v) for k, v in case.inputs().items()},
+            "task_ids": tf.constant([9, -1, 1, 2]),
+        }
+    ).numpy()
+    helpers.assert_outputs_close(clipped, expected, atol=1e-5)
+
+
+def test_a_multi_task_classifier_serves_raw_strings(tmp_path):
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        helpers.bert_tokenizer(), sequence_length=12
+    )
+    model = keras_hub.models.BertTextClassifier(
+        helpers.MODEL_CASES["bert_backbone"].build(),
+        num_classes=helpers.NUM_CLASSES,
+        preprocessor=preprocessor,
+    )
+    for name in ("a", "b"):
+        keras_peft.apply(model, keras_peft.LoRAConfig(rank=2), name=name)
+    helpers.randomize_trainable(model, seed=1, scale=0.3)
+    texts = list(helpers.BERT_WORDS[:3]) + ["the film"]
+    ids = np.array([1, 0, 1, 0], "int32")
+    server = keras_peft.multi_task(model, ["a", "b"])
+    tokens = preprocessor(tf.constant(texts))
+    expected = keras.ops.convert_to_numpy(server({**tokens, "task_ids": ids}))
+    directory = os.path.join(tmp_path, "export")
+    keras_peft.export_saved_model(server, directory, include_preprocessor=True)
+    loaded = tf.saved_model.load(directory)
+    served = loaded.serve(
+        {"text": tf.constant(texts), "task_ids": tf.constant(ids)}
+    ).numpy()
+    helpers.assert_outputs_close(served, expected, atol=1e-5)
