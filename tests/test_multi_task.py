@@ -137,3 +137,40 @@ def test_bad_task_lists_are_refused():
     )
     with pytest.raises(ValueError, match="PromptEmbedding"):
         keras_peft.multi_task(prompted, ["default"])
+
+
+def test_t5_cached_generate_decodes_each_example_with_its_adapter():
+    """`generate` (keras-hub's cached decoder, compiled as keras-hub
+    compiles it) picks, at every step of every row, the greedy token of
+    that row's task: checked against the single-task model's full forward
+    pass on the generated tokens (argmax up to 1e-4, so that a near-tie
+    rounded differently on another CPU cannot fail it)."""
+    from tests import t5_decoding
+
+    case = helpers.MODEL_CASES["t5_seq2seq"]
+    names = TASKS["t5_backbone"]
+    model = _named_model(case, [(n, SWITCHABLE[n]()) for n in names])
+    server = keras_peft.multi_task(model, list(names))
+    inputs = t5_decoding.generate_inputs(batch=4)
+    model.compile(sampler="greedy")
+    generated = server.generate(
+        {**inputs, "task_ids": TASK_IDS}, stop_token_ids=None
+    )
+    tokens = np.asarray(generated["decoder_token_ids"])
+    assert tokens.shape == (4, t5_decoding.MAX_LENGTH)
+    for name in names:
+        keras_peft.set_active(model, name)
+        logits = t5_decoding.full_forward_logits(model, inputs, tokens)
+        for row in np.flatnonzero(TASK_IDS == names.index(name)):
+            steps = logits[row, :-1]
+            chosen = np.take_along_axis(steps, tokens[row, 1:, None], axis=-1)[
+                :, 0
+            ]
+            np.testing.assert_array_less(steps.max(-1) - chosen, 1e-4)
+    # The tasks decode differently: routing reached the decoder.
+    assert len({tuple(row) for row in tokens}) > 1
+    with pytest.raises(ValueError, match="out of range"):
+        server.generate(
+            {**inputs, "task_ids": np.array([0, 1, 2, 3])},
+            stop_token_ids=None,
+        )

@@ -102,6 +102,100 @@ class MultiTaskModel(keras.Model):
         self._check_inputs(x)
         return super().fit(x, *args, **kwargs)
 
+    def generate(self, inputs, max_length=None, stop_token_ids="auto"):
+        """`generate` of the `Seq2SeqLM` this model holds, each example
+        decoded (keras-hub's cached decoder) with its own adapter.
+
+        Args:
+            inputs: what the held model's `generate` takes for one batch
+                (raw strings with a preprocessor, else token ids), as a
+                dict, plus `"task_ids"`: one int per example. Not a
+                `tf.data.Dataset`.
+            max_length: as for the held model's `generate`.
+            stop_token_ids: as for the held model's `generate`.
+
+        Returns:
+            What the held model's `generate` returns.
+        """
+        import keras_hub
+
+        model = self.task_model
+        if not isinstance(model, keras_hub.models.Seq2SeqLM):
+            raise ValueError(
+                "`generate` needs a multi-task model holding a keras-hub "
+                f"Seq2SeqLM, not a {type(model).__name__}."
+            )
+        if not isinstance(inputs, dict) or TASK_IDS not in inputs:
+            raise ValueError(
+                f"`generate` takes a dict of inputs with a {TASK_IDS!r} "
+                f"entry (one task id per example). Received: "
+                f"{_describe(inputs)}"
+            )
+        inputs = dict(inputs)
+        task_ids = np.asarray(inputs.pop(TASK_IDS))
+        if task_ids.ndim != 1:
+            raise ValueError(
+                f"{TASK_IDS!r} must have shape (batch,); got shape "
+                f"{task_ids.shape}."
+            )
+        self.check_task_ids(task_ids)
+        task_ids = ops.convert_to_tensor(task_ids.astype("int32"))
+        # While it runs, the held model's `generate_step` routes: a
+        # compiled function may trace it again (JAX does, for new shapes).
+        saved = {
+            name: vars(model)[name]
+            for name in ("generate_step", "generate_function")
+            if name in vars(model)
+        }
+        model.generate_step = self._routed_step()
+        try:
+            routed = self._routed_generate_function()
+
+            def generate_function(x, stop_token_ids=None):
+                return routed({**x, TASK_IDS: task_ids}, stop_token_ids)
+
+            model.generate_function = generate_function
+            return model.generate(
+                inputs, max_length=max_length, stop_token_ids=stop_token_ids
+            )
+        finally:
+            for name in ("generate_step", "generate_function"):
+                if name in saved:
+                    setattr(model, name, saved[name])
+                elif name in vars(model):
+                    delattr(model, name)
+
+    def _routed_step(self):
+        """The held model's `generate_step`, routing each example to its
+        adapter by the inputs' `"task_ids"`."""
+        model = self.task_model
+        step = type(model).generate_step.__get__(model)
+        names = self.task_names
+
+        def routed_step(inputs, stop_token_ids=None):
+            inputs = dict(inputs)
+            task_ids = ops.clip(
+                ops.cast(inputs.pop(TASK_IDS), "int32"), 0, len(names) - 1
+            )
+            with routing.per_example(names, task_ids):
+                return step(inputs, stop_token_ids)
+
+        return routed_step
+
+    def _routed_generate_function(self):
+        """keras-hub's compiled generation function around the routed
+        step (the held model's `generate_step` is the routed one while
+        this runs), built once per sampler and compile settings."""
+        model = self.task_model
+        key = (id(model.sampler), model.run_eagerly, model.jit_compile)
+        cached = getattr(self, "_generate_function", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        model.generate_function = None
+        function = model.make_generate_function()
+        self._generate_function = (key, function)
+        return function
+
     def get_config(self):
         return {
             "name": self.name,
