@@ -46,14 +46,8 @@ class MultiTaskModel(keras.Model):
         self.built = model.built
 
     def call(self, inputs, training=None):
-        if not isinstance(inputs, dict) or TASK_IDS not in inputs:
-            raise ValueError(
-                f"A multi-task model takes a dict of inputs with a "
-                f"{TASK_IDS!r} entry (one task id per example). Received: "
-                f"{_describe(inputs)}"
-            )
-        inputs = dict(inputs)
-        task_ids = ops.cast(inputs.pop(TASK_IDS), "int32")
+        inputs, task_ids = _split_task_ids(inputs, "A multi-task model")
+        task_ids = ops.cast(task_ids, "int32")
         if len(task_ids.shape) == 2 and task_ids.shape[1] == 1:
             task_ids = ops.squeeze(task_ids, axis=1)
         if len(task_ids.shape) != 1:
@@ -125,14 +119,8 @@ class MultiTaskModel(keras.Model):
                 "`generate` needs a multi-task model holding a keras-hub "
                 f"Seq2SeqLM, not a {type(model).__name__}."
             )
-        if not isinstance(inputs, dict) or TASK_IDS not in inputs:
-            raise ValueError(
-                f"`generate` takes a dict of inputs with a {TASK_IDS!r} "
-                f"entry (one task id per example). Received: "
-                f"{_describe(inputs)}"
-            )
-        inputs = dict(inputs)
-        task_ids = np.asarray(inputs.pop(TASK_IDS))
+        inputs, task_ids = _split_task_ids(inputs, "`generate`")
+        task_ids = np.asarray(task_ids)
         if task_ids.ndim != 1:
             raise ValueError(
                 f"{TASK_IDS!r} must have shape (batch,); got shape "
@@ -225,10 +213,21 @@ def _concrete(x):
         return None
 
 
-def _describe(inputs):
-    if isinstance(inputs, dict):
-        return f"a dict with keys {sorted(inputs)}"
-    return type(inputs).__name__
+def _split_task_ids(inputs, taker):
+    """`(inputs without the task ids, task ids)`, or a `ValueError` naming
+    `taker` when `inputs` is not a dict holding them."""
+    if not isinstance(inputs, dict) or TASK_IDS not in inputs:
+        received = (
+            f"a dict with keys {sorted(inputs)}"
+            if isinstance(inputs, dict)
+            else type(inputs).__name__
+        )
+        raise ValueError(
+            f"{taker} takes a dict of inputs with a {TASK_IDS!r} entry (one "
+            f"task id per example). Received: {received}"
+        )
+    inputs = dict(inputs)
+    return inputs, inputs.pop(TASK_IDS)
 
 
 def multi_task(model, names):

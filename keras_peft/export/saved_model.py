@@ -136,51 +136,47 @@ def export_saved_model(
     ```
     """
     from keras_peft.core.multi_task import MultiTaskModel
+    from keras_peft.export import endpoints as endpoints_lib
 
     if isinstance(model, MultiTaskModel):
         _check_arguments(
             model.task_model, directory, merge, include_preprocessor
         )
-        _export_multi_task(model, directory, include_preprocessor)
+        # Nothing to fold: several adapters share each kernel.
+        _write(
+            model,
+            model.task_model,
+            endpoints_lib.multi_task_endpoints(model, include_preprocessor),
+            directory,
+            include_preprocessor,
+        )
         return
     _check_arguments(model, directory, merge, include_preprocessor)
-    from keras_peft.export import endpoints as endpoints_lib
-
     target = folding.folded_copy(model) if merge else model
-    if include_preprocessor and not target.preprocessor.built:
+    with endpoints_lib.generation_tracing(target):
+        _write(
+            target,
+            target,
+            endpoints_lib.endpoints(target, include_preprocessor),
+            directory,
+            include_preprocessor,
+        )
+
+
+def _write(tracked, task, endpoints, directory, include_preprocessor):
+    """Writes the SavedModel of `tracked` serving `endpoints`; `task` is
+    the keras-hub model whose preprocessor goes along, if included."""
+    if include_preprocessor and not task.preprocessor.built:
         # As its first call would (tracing may leave `built` unset); it
         # makes no weights. (A copy shares the model's preprocessor.)
-        target.preprocessor.build(None)
+        task.preprocessor.build(None)
     archive = keras.export.ExportArchive()
-    archive.track(target)
-    with endpoints_lib.generation_tracing(target):
-        for name, fn, signature in endpoints_lib.endpoints(
-            target, include_preprocessor
-        ):
-            archive.add_endpoint(name, fn, input_signature=signature)
-        if include_preprocessor:
-            # Its lookup tables, if any, go along.
-            archive.track(target.preprocessor)
-        with atomic_dir.atomic_directory(
-            os.path.realpath(os.fspath(directory)), may_replace=_may_replace
-        ) as tmp:
-            archive.write_out(tmp, verbose=False)
-
-
-def _export_multi_task(server, directory, include_preprocessor):
-    from keras_peft.export import endpoints as endpoints_lib
-
-    model = server.task_model
-    if include_preprocessor and not model.preprocessor.built:
-        model.preprocessor.build(None)
-    archive = keras.export.ExportArchive()
-    archive.track(server)
-    for name, fn, signature in endpoints_lib.multi_task_endpoints(
-        server, include_preprocessor
-    ):
+    archive.track(tracked)
+    for name, fn, signature in endpoints:
         archive.add_endpoint(name, fn, input_signature=signature)
     if include_preprocessor:
-        archive.track(model.preprocessor)
+        # Its lookup tables, if any, go along.
+        archive.track(task.preprocessor)
     with atomic_dir.atomic_directory(
         os.path.realpath(os.fspath(directory)), may_replace=_may_replace
     ) as tmp:
