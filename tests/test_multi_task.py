@@ -169,3 +169,31 @@ def test_t5_cached_generate_decodes_each_example_with_its_adapter():
             {**inputs, "task_ids": np.array([0, 1, 2, 3])},
             stop_token_ids=None,
         )
+
+
+def test_bad_task_ids_in_a_direct_call_are_refused():
+    case, model, server, _ = _server("bert_classifier")
+    inputs = case.inputs()
+    with pytest.raises(ValueError, match="must be integers"):
+        server({**inputs, "task_ids": np.array([0.9, 1.9, 0.0, 1.0])})
+    with pytest.raises(ValueError, match="3 ids for a batch of 4"):
+        server({**inputs, "task_ids": np.array([0, 1, 2], "int32")})
+
+
+@pytest.mark.skipif(
+    BACKEND == "torch", reason="torch runs eagerly: nothing is compiled"
+)
+def test_a_server_follows_the_model_it_holds():
+    """`disabled` and `delete_adapter` on the model reach a server's
+    compiled functions: no stale outputs, no deleted task served."""
+    case, model, server, _ = _server("bert_classifier")
+    inputs = {**case.inputs(), "task_ids": TASK_IDS}
+    served = server.predict(inputs, verbose=0)
+    with keras_peft.disabled(model):
+        base = server.predict(inputs, verbose=0)
+    assert not np.allclose(base, served, atol=1e-4)
+    helpers.assert_outputs_equal(server.predict(inputs, verbose=0), served)
+    keras_peft.set_active(model, TASKS["bert_classifier"][1])
+    keras_peft.delete_adapter(model, TASKS["bert_classifier"][0])
+    with pytest.raises(ValueError, match="no longer in the model"):
+        server.predict(inputs, verbose=0)

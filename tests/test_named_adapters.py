@@ -5,6 +5,7 @@ import json
 import os
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 
@@ -439,3 +440,154 @@ def test_a_single_default_adapter_saves_as_before(tmp_path):
     assert not any(
         layer.active_slot is not None for layer in _adapter_layers(model)
     )
+
+
+LAYOUTS = {
+    "lora_qv": lambda: keras_peft.LoRAConfig(rank=2),
+    "lora_ffn": lambda: keras_peft.LoRAConfig(rank=2, targets="ffn"),
+    "seq_ffn": lambda: keras_peft.AdapterConfig(bottleneck=4),
+    "par_ffn": lambda: keras_peft.AdapterConfig(bottleneck=4, parallel=True),
+    "mh_attn": lambda: keras_peft.AdapterConfig(
+        bottleneck=4, location="attn", parallel=True, multi_head=True
+    ),
+}
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="bundle addresses are backend-neutral"
+)
+def test_a_bundle_loads_under_a_new_name_beside_any_adapter(tmp_path):
+    """Every pair of layouts, the same one twice included: the bundle's
+    layers may share the first adapter's layers (slots), sit inside its
+    site hosts, or wrap layers its hosts hold."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    expected = {}
+    for layout, config in LAYOUTS.items():
+        model = case.build()
+        keras_peft.apply(model, config())
+        _randomize(model, model.trainable_weights, 1)
+        keras_peft.save_adapter(model, tmp_path / layout)
+        expected[layout] = case.outputs(model)
+    for first in LAYOUTS:
+        for second in LAYOUTS:
+            model = case.build()
+            keras_peft.apply(model, LAYOUTS[first](), name="a")
+            keras_peft.load_adapter(model, str(tmp_path / second), name="b")
+            keras_peft.set_active(model, "b")
+            helpers.assert_outputs_close(
+                case.outputs(model), expected[second], 1e-5
+            )
+            # Saved again by name: the addresses of the file it came from.
+            keras_peft.save_adapter(model, tmp_path / "again", name="b")
+            alone = case.build()
+            keras_peft.load_adapter(alone, str(tmp_path / "again"))
+            helpers.assert_outputs_close(
+                case.outputs(alone), expected[second], 1e-5
+            )
+
+
+def test_applying_to_an_adapter_twice_at_one_layer_is_refused():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["lora"]())]
+    )
+    before = helpers.snapshot(model)
+    with pytest.raises(ValueError, match="already wrapped by a LoRADense"):
+        keras_peft.apply(model, SWITCHABLE["lora"](), name="a")
+    helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+
+
+def test_deleting_down_to_one_adapter_leaves_a_one_adapter_model(tmp_path):
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["lora"]())]
+    )
+    expected = _outputs_by_name(model, case)["b"]
+    keras_peft.delete_adapter(model, "a")
+    assert not any(
+        layer.active_slot is not None for layer in _adapter_layers(model)
+    )
+    assert type(model.get_layer("logits")) is keras.layers.Dense
+    helpers.assert_outputs_equal(case.outputs(model), expected)
+    keras_peft.save_adapter(model, tmp_path / "b")
+    alone = case.build()
+    keras_peft.load_adapter(alone, str(tmp_path / "b"))
+    helpers.assert_outputs_equal(case.outputs(alone), expected)
+    keras_peft.merge_lora(model)
+    helpers.assert_outputs_close(case.outputs(model), expected)
+    if BACKEND == "tensorflow":
+        model.save(tmp_path / "model.keras")
+        restored = keras.saving.load_model(tmp_path / "model.keras")
+        assert keras_peft.adapter_names(restored) == ("b",)
+        helpers.assert_outputs_equal(
+            case.outputs(restored), case.outputs(model)
+        )
+
+
+def test_merged_lora_neither_takes_a_second_adapter_nor_disables():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(case, [("a", SWITCHABLE["lora"]())])
+    keras_peft.merge_lora(model)
+    before = helpers.snapshot(model)
+    with pytest.raises(ValueError, match="merged into the base kernels"):
+        keras_peft.apply(model, SWITCHABLE["lora"](), name="b")
+    with pytest.raises(ValueError, match="merged into the base kernels"):
+        with keras_peft.disabled(model):
+            pass
+    helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+
+
+def test_a_classifier_around_a_named_backbone_keeps_each_adapters_head():
+    """A backbone holding two adapters, then a classifier around it and a
+    third adapter: the head the first two shared is copied for each, so
+    adding the third changes neither's outputs."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    backbone = helpers.MODEL_CASES["bert_backbone"].build()
+    for name in ("a", "b"):
+        keras_peft.apply(backbone, SWITCHABLE["lora"](), name=name)
+        _randomize(backbone, backbone.trainable_weights, 2)
+    model = keras_hub.models.BertTextClassifier(
+        backbone, num_classes=helpers.NUM_CLASSES, preprocessor=None
+    )
+    before = _outputs_by_name(model, case)
+    keras_peft.apply(model, SWITCHABLE["lora"](), name="c")
+    assert model.get_layer("logits").slot_names == ("a", "b", "c")
+    after = _outputs_by_name(model, case)
+    for name in ("a", "b"):
+        helpers.assert_outputs_equal(after[name], before[name])
+    # Switching through the backbone moves the task's heads too.
+    keras_peft.set_active(model.backbone, "a")
+    helpers.assert_outputs_equal(case.outputs(model), before["a"])
+    keras_peft.set_active(model, "c")
+    keras_peft.delete_adapter(model.backbone, "a")
+    assert model.get_layer("logits").slot_names == ("b", "c")
+    keras_peft.set_active(model.backbone, "b")
+    helpers.assert_outputs_equal(case.outputs(model), before["b"])
+
+
+def test_load_adapter_without_a_name_loads_into_the_active_adapter(
+    tmp_path,
+):
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(case, [("sst2", SWITCHABLE["lora"]())])
+    keras_peft.save_adapter(model, tmp_path / "x")
+    expected = case.outputs(model)
+    _randomize(model, model.trainable_weights, 7)
+    keras_peft.load_adapter(model, str(tmp_path / "x"))
+    assert keras_peft.adapter_names(model) == ("sst2",)
+    helpers.assert_outputs_equal(case.outputs(model), expected)
+
+
+def test_the_summary_counts_parameters_not_switches():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    one = _named_model(case, [("a", SWITCHABLE["lora"]())])
+    two = _named_model(
+        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["lora"]())]
+    )
+    one_summary = keras_peft.trainable_summary(one)
+    two_summary = keras_peft.trainable_summary(two)
+    new = two_summary.trainable - one_summary.trainable
+    assert two_summary.total - one_summary.total == new
+    lora = dict(one_summary.groups)["lora"]
+    head = dict(one_summary.groups)["head"]
+    assert new == lora + head

@@ -373,8 +373,9 @@ def _describe_signature(signature):
 def load_adapter(model, path, name=None):
     """Loads an adapter saved by `save_adapter` into a model.
 
-    Loads into the model's adapter `name` if it has one (with the same
-    configs); otherwise applies the saved configs as adapter `name` first
+    Loads into the model's adapter `name` (by default the active one) if it
+    has one (with the same configs); otherwise applies the saved configs as
+    adapter `name` first
     (beside the model's other adapters, if any: it does not become the
     active one), then loads the weights. A bundle holding a computed
     prefix (`save_adapter`'s default) loads as a prefix trained directly
@@ -388,7 +389,8 @@ def load_adapter(model, path, name=None):
         model: a model with the same base weights as the one saved from.
         path: str. The adapter directory.
         name: str or `None`. The adapter to load into (or to create);
-            defaults to `"default"`.
+            defaults to the active adapter, or `"default"` in a model
+            without adapters.
 
     Returns:
         The same `model`.
@@ -400,7 +402,6 @@ def load_adapter(model, path, name=None):
     keras_peft.load_adapter(fresh, "adapters/mnli", name="mnli")
     ```
     """
-    name = switching.check_name(name)
     bundle = _read_bundle(path)
     document = bundle.document
     context = architectures.resolve_model(model)
@@ -424,6 +425,9 @@ def load_adapter(model, path, name=None):
         )
 
     state = state_lib.get_state(context.backbone)
+    if name is None:
+        name = state.active if state else state_lib.DEFAULT_NAME
+    name = switching.check_name(name)
     adapters = state.adapters if state else {}
     applied = adapters[name].configs if name in adapters else ()
     if applied == bundle.configs:
@@ -435,7 +439,11 @@ def load_adapter(model, path, name=None):
         )
         trainable = {id(v) for v in plan.trainable_variables_after()}
         named = switching.named_variables(
-            context.model, name, plan.named_view(), trainable
+            context.model,
+            name,
+            plan.replacement_view(),
+            trainable,
+            absorbed=plan.absorbed,
         )
     else:
         mismatch = _describe_config_mismatch(bundle.configs, applied)

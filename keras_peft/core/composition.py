@@ -66,15 +66,16 @@ def check_conflicts(configs, method_plans):
 
 # Set while a named adapter is planned beside others: a layer's replacing
 # wrapper may then take the new adapter as another slot.
-_SHARING = contextvars.ContextVar("keras_peft_sharing", default=False)
+_SHARING = contextvars.ContextVar("keras_peft_sharing", default=None)
 
 
 @contextlib.contextmanager
-def sharing_layers(sharing=True):
-    """While planning a named adapter beside other named adapters: a layer
-    already wrapped by a switchable wrapper may be targeted again (the new
-    wrapper, built detached, becomes a slot of the existing one)."""
-    token = _SHARING.set(bool(sharing))
+def sharing_layers(name):
+    """While planning adapter `name` beside other named adapters (`None`:
+    no sharing): a layer already wrapped by a switchable wrapper that holds
+    no slot for `name` may be targeted again (the new wrapper, built
+    detached, becomes a slot of the existing one)."""
+    token = _SHARING.set(name)
     try:
         yield
     finally:
@@ -101,7 +102,13 @@ def check_wrappable(context, config, layers, graph_of=None):
     parents = layer_tree.parent_map(context.model)
     for layer in layers:
         wrapper = _replacing_wrapper(layer, parents)
-        if wrapper is not None and _SHARING.get() and _switchable(wrapper):
+        sharing = _SHARING.get()
+        if (
+            wrapper is not None
+            and sharing is not None
+            and _switchable(wrapper)
+            and sharing not in wrapper.slot_names
+        ):
             continue
         if wrapper is not None:
             raise ValueError(

@@ -7,6 +7,8 @@ A failure while planning releases what was built, so a bad input never
 leaves a model half-modified.
 """
 
+import weakref
+
 from keras_peft.core import architectures
 from keras_peft.core import composition
 from keras_peft.core import config as config_lib
@@ -58,6 +60,11 @@ class Plan:
     @property
     def _replacement_map(self):
         return {id(r.old): r.new for r in self.replacements}
+
+    def replacement_view(self):
+        """`id(layer)` to the layer standing in its place once installed
+        (replacements only; see `absorbed`)."""
+        return self._replacement_map
 
     def named_view(self):
         """`id(layer)` to layer: what stands where once installed, as seen
@@ -137,6 +144,8 @@ class Plan:
                 as 1 (as `warnings.warn` counts).
         """
         state = self._state_after()
+        if self.context.model is not self.context.backbone:
+            state.task = weakref.ref(self.context.model)
         for replacement in self.replacements:
             surgery.replace_layer(
                 self.context.model,
@@ -199,7 +208,7 @@ def plan(model, configs, initialize=True, name=None):
     method_plans = []
     try:
         with tf_distribute.creation_scope(context.model):
-            with composition.sharing_layers(bool(others)):
+            with composition.sharing_layers(name if others else None):
                 for config in configs:
                     method = config_lib.method_of(config)
                     method_plan = method.plan(

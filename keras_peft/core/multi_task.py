@@ -6,7 +6,9 @@ from keras import ops
 
 from keras_peft.core import architectures
 from keras_peft.core import state as state_lib
+from keras_peft.core import surgery
 from keras_peft.core import switching
+from keras_peft.core.named_adapters import adapter_names
 from keras_peft.layers import routing
 
 TASK_IDS = "task_ids"
@@ -44,9 +46,18 @@ class MultiTaskModel(keras.Model):
         self.task_names = tuple(task_names)
         # No weights of its own: built once the model it holds is.
         self.built = model.built
+        # Changes to the held model (switching off, deleting an adapter)
+        # drop this model's compiled functions too.
+        context = architectures.resolve_model(model)
+        surgery.register_dependent(context.model, self)
+        surgery.register_dependent(context.backbone, self)
 
     def call(self, inputs, training=None):
+        self._check_tasks_held()
         inputs, task_ids = _split_task_ids(inputs, "A multi-task model")
+        values = _concrete(task_ids)
+        if values is not None:
+            self.check_task_ids(values)
         task_ids = ops.cast(task_ids, "int32")
         if len(task_ids.shape) == 2 and task_ids.shape[1] == 1:
             task_ids = ops.squeeze(task_ids, axis=1)
@@ -55,12 +66,33 @@ class MultiTaskModel(keras.Model):
                 f"{TASK_IDS!r} must have shape (batch,); got shape "
                 f"{tuple(task_ids.shape)}."
             )
-        values = _concrete(task_ids)
-        if values is not None:
-            self.check_task_ids(values)
+        self._check_batch(inputs, task_ids)
         task_ids = ops.clip(task_ids, 0, len(self.task_names) - 1)
         with routing.per_example(self.task_names, task_ids):
             return self.task_model(inputs, training=training)
+
+    def _check_tasks_held(self):
+        held = adapter_names(self.task_model)
+        gone = [name for name in self.task_names if name not in held]
+        if gone:
+            raise ValueError(
+                f"This multi-task model serves {list(self.task_names)}, but "
+                f"the adapters {gone} are no longer in the model it holds "
+                f"(which has {list(held)}). Build a new one with "
+                "`keras_peft.multi_task`."
+            )
+
+    @staticmethod
+    def _check_batch(inputs, task_ids):
+        """Raises a `ValueError` when the ids are not one per example."""
+        ids = task_ids.shape[0]
+        for value in keras.tree.flatten(inputs):
+            batch = getattr(value, "shape", (None,))[0]
+            if ids is not None and batch is not None and ids != batch:
+                raise ValueError(
+                    f"{TASK_IDS!r} holds {ids} ids for a batch of {batch} "
+                    "examples: give one task id per example."
+                )
 
     def check_task_ids(self, task_ids):
         """Raises a `ValueError` unless every id picks one of the tasks."""
@@ -119,6 +151,7 @@ class MultiTaskModel(keras.Model):
                 "`generate` needs a multi-task model holding a keras-hub "
                 f"Seq2SeqLM, not a {type(model).__name__}."
             )
+        self._check_tasks_held()
         inputs, task_ids = _split_task_ids(inputs, "`generate`")
         task_ids = np.asarray(task_ids)
         if task_ids.ndim != 1:

@@ -14,6 +14,7 @@ from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.disabling import is_disabled
 from keras_peft.layers.disabling import set_disabled
 from keras_peft.layers.site_host import SiteHost
+from keras_peft.layers.task_head import TaskHead
 from keras_peft.layers.wrapper import Wrapper
 
 
@@ -54,9 +55,11 @@ def set_active(model, name):
     outputs. Switching assigns one int32 variable per adapter layer: it
     builds no variable and retraces no compiled `predict`, `evaluate` or
     `fit` function. Every adapter's variables stay trainable; those of
-    inactive adapters get zero gradients (an optimizer that decays weights,
-    such as `AdamW`, still moves them: train with a fresh `compile` per
-    adapter, or without weight decay).
+    inactive adapters get zero gradients. An optimizer with state still
+    moves them: Adam's moments keep an adapter trained before the switch
+    moving for a while, and weight decay (`AdamW`) moves every adapter.
+    To train one adapter after another, `compile` again (a fresh
+    optimizer) after switching: a zero gradient then updates by exactly 0.
 
     Args:
         model: a supported keras-hub backbone or task.
@@ -74,7 +77,8 @@ def set_active(model, name):
     """
     context = architectures.resolve_model(model)
     state = _known(context, name, "set_active")
-    switching.select(context.model, name)
+    for holder in state.holders(context.model):
+        switching.select(holder, name)
     state.active = name
     return model
 
@@ -120,6 +124,17 @@ def disabled(model):
             f"{', '.join(repr(c) for c in kept)} trains variables of the base "
             "model itself (BitFit's biases, LoRA's `bias`), which no adapter "
             "layer can switch off."
+        )
+    merged = [
+        layer.path
+        for layer in switching.adapter_layers(context.backbone)
+        if getattr(layer, "merged", False)
+    ]
+    if merged:
+        raise ValueError(
+            "`disabled` cannot give the base model's outputs: LoRA is merged "
+            f"into the base kernels ({merged[0]!r}, ...). Call "
+            "`keras_peft.unmerge_lora` first."
         )
     # The backbone's layers: a task's head (one per adapter) stays the
     # active adapter's.
@@ -172,7 +187,14 @@ def delete_adapter(model, name):
             "it. Activate another one first (`keras_peft.set_active`)"
             + ("." if len(state.adapters) > 1 else ", or add one.")
         )
-    layers = switching.adapter_layers(context.model)
+    holders = state.holders(context.model)
+    layers = list(
+        {
+            id(layer): layer
+            for holder in holders
+            for layer in switching.adapter_layers(holder)
+        }.values()
+    )
     alone = [layer for layer in layers if layer.slot_names == (name,)]
     shared = [
         layer
@@ -181,11 +203,23 @@ def delete_adapter(model, name):
     ]
     for layer in shared:
         layer.remove_slot(name)
-    _remove_layers(context.model, alone)
+    for holder in holders:
+        # Layers the holders share (the backbone's) go once.
+        present = {id(layer) for layer, _ in layer_tree.iter_layers(holder)}
+        _remove_layers(holder, [x for x in alone if id(x) in present])
     state = state.replaced(name, (), ())
+    if len(state.adapters) == 1:
+        # As if only that adapter had ever been applied: no switch
+        # variables, and the task's head back in place of its TaskHead.
+        for holder in holders:
+            for layer in switching.adapter_layers(holder):
+                layer.disable_switching()
+                if isinstance(layer, TaskHead):
+                    surgery.replace_layer(holder, layer, layer.release())
     injection.record_state(context.backbone, state, context.model)
-    switching.select(context.model, state.active)
-    surgery.forget_compiled_functions(context.model)
+    for holder in holders:
+        switching.select(holder, state.active)
+        surgery.forget_compiled_functions(holder)
     recompile.require_recompile(
         context.model, "keras_peft.delete_adapter", stacklevel=2
     )

@@ -33,11 +33,20 @@ class PeftState:
         active: str. The name of the adapter that acts.
         original_trainable: dict. `id(variable)` to `(variable, trainable)`
             for every backbone variable before keras-peft first changed it.
+        task: a `weakref.ref` to the task the adapters were last applied
+            through (whose heads may be kept per adapter), or `None`.
     """
 
     adapters: dict
     active: str
     original_trainable: dict
+    task: object = None
+
+    def holders(self, model):
+        """`model` and, if alive and another, the task holding the
+        backbone: where the adapters' layers (and heads) are."""
+        task = self.task() if self.task is not None else None
+        return [model] if task is None or task is model else [model, task]
 
     @property
     def configs(self):
@@ -68,7 +77,9 @@ class PeftState:
             )
         else:
             adapters.pop(name, None)
-        return PeftState(adapters, self.active, self.original_trainable)
+        return PeftState(
+            adapters, self.active, self.original_trainable, self.task
+        )
 
 
 def single(configs, trainable_base_variables, original_trainable, name):

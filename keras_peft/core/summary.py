@@ -103,12 +103,18 @@ def _grouped_weights(model):
             if config_lib.method_of(config).owns_kept_variables:
                 for variable in kept:
                     owners[id(variable)] = config.method
+    switches = set()
     for layer, _ in layer_tree.iter_layers(model):
         if isinstance(layer, AdapterLayer):
             for variable in layer.adapter_variables:
                 owners[id(variable)] = layer.method
+            if layer.active_slot is not None:
+                switches.add(id(layer.active_slot))
 
     for variable in model.weights:
+        if id(variable) in switches:
+            # Which adapter acts, not a parameter.
+            continue
         if not variable.trainable:
             group = None
         elif id(variable) in owners:

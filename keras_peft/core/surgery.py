@@ -1,5 +1,7 @@
 """Swapping one layer for another everywhere a model refers to it."""
 
+import weakref
+
 import keras
 
 from keras_peft.core import layer_tree
@@ -141,8 +143,25 @@ def _replace_in_list(holder, name, old, new):
                 items[index] = new
 
 
+# Models that run another model's layers in their own compiled functions
+# (a `MultiTaskModel`), by the model they run.
+_DEPENDENTS = weakref.WeakKeyDictionary()
+
+
+def register_dependent(model, dependent):
+    """Makes `forget_compiled_functions(model)` forget `dependent`'s too."""
+    _DEPENDENTS.setdefault(model, weakref.WeakSet()).add(dependent)
+
+
 def forget_compiled_functions(model):
-    """Drops traced functions that would still run the old layers."""
+    """Drops traced functions that would still run the old layers: the
+    model's, and those of models registered as running it."""
+    for dependent in list(_DEPENDENTS.get(model, ())):
+        _forget(dependent)
+    _forget(model)
+
+
+def _forget(model):
     if not isinstance(model, keras.Model):
         return
     for name in (

@@ -62,6 +62,18 @@ def check_joinable(context, name, others):
             "adapters takes LoRA and the bottleneck adapters (sequential, "
             "parallel, multi-head) for now."
         )
+    merged = [
+        layer.path
+        for layer in adapter_layers(context.backbone)
+        if getattr(layer, "merged", False)
+    ]
+    if merged:
+        raise ValueError(
+            f"Cannot add adapter {name!r} beside {others}: LoRA is merged "
+            f"into the base kernels ({merged[0]!r}, ...), so it would act "
+            "whichever adapter is active. Call `keras_peft.unmerge_lora` "
+            "first."
+        )
     kept = [
         n
         for n in others
@@ -134,7 +146,7 @@ def select(model, name):
             layer.select(name)
 
 
-def named_variables(model, name, view=None, trainable_ids=None):
+def named_variables(model, name, view=None, trainable_ids=None, absorbed=()):
     """Adapter `name`'s trainable variables in `model`, with their
     addresses as they would be in a model holding only that adapter.
 
@@ -150,15 +162,17 @@ def named_variables(model, name, view=None, trainable_ids=None):
             place (`Plan.named_view`).
         trainable_ids: optional set of the ids of the variables that train
             (by default, those whose `trainable` is set).
+        absorbed: `Replacement`s whose `old` (a layer in the model) is to
+            take the planned `new` as adapter `name`'s slot
+            (`Plan.absorbed`): `new`'s variables stand for that slot.
 
     Returns:
         A list of `(address, variable)`, in `model.weights` order.
     """
     view = _resolved(view or {})
-    addresses = layer_tree.variable_addresses(
-        model, _alone_view(model, name, view)
-    )
-    mine, others = {}, set()
+    takes = {id(r.old): r.new for r in absorbed}
+    addresses = _alone_addresses(model, name, view, takes)
+    mine, others, planned = {}, set(), []
     for layer in layer_tree.layers_in_order(model, view):
         if not isinstance(layer, AdapterLayer):
             continue
@@ -172,6 +186,11 @@ def named_variables(model, name, view=None, trainable_ids=None):
                     mine[id(variable)] = address
                 else:
                     others.add(id(variable))
+        if id(layer) in takes:
+            for address, variable in zip(
+                own_addresses, takes[id(layer)].slot_variables(0)
+            ):
+                planned.append((address, variable))
         if layer.active_slot is not None:
             others.add(id(layer.active_slot))
     found = []
@@ -184,7 +203,7 @@ def named_variables(model, name, view=None, trainable_ids=None):
             else id(variable) in trainable_ids
         ):
             found.append((addresses[id(variable)], variable))
-    return found
+    return found + planned
 
 
 def _resolved(view):
@@ -203,41 +222,64 @@ def _serves(layer, name):
     return not layer.slot_names or name in layer.slot_names
 
 
-def _alone_view(model, name, view):
-    """`view`, plus each keras-peft wrapper that adapter `name` would not
-    have in a model holding only it replaced by the layer it wraps: a
-    replacing wrapper or task head without a slot for it (a task head's
-    slot 0 is addressed as its wrapped layer's own variables), a site host
-    with none of its modules and no tap they read. Addresses in this view
-    are those of a model holding adapter `name` alone."""
+def _alone_addresses(model, name, view, takes):
+    """Variable addresses in `model` (seen through `view`) as they would be
+    in a model holding adapter `name` alone.
+
+    keras-peft wrappers that such a model would not have are taken out of
+    the addresses (a wrapper takes the name of the layer it wraps, so each
+    adds one level): a replacing wrapper without a slot for `name`, a task
+    head (whose slot 0 is its wrapped layer's own variables), and a site
+    host with none of `name`'s modules and no tap they read.
+    """
+    addresses = layer_tree.variable_addresses(model, view)
+    prefixes = layer_tree.layer_addresses(model, view)
     layers = layer_tree.layers_in_order(model, view)
+
+    def seen(module):
+        return view.get(id(module), module)
+
+    def serves(layer):
+        return id(layer) in takes or _serves(layer, name)
+
     hosts = [layer for layer in layers if isinstance(layer, SiteHost)]
     read = {
         id(tap)
         for host in hosts
         for module, tap in host.parallel
-        if tap is not None and _serves(module, name)
+        if tap is not None and serves(seen(module))
     }
-    alone = dict(view)
-    keys = {}
-    for key, new in view.items():
-        keys.setdefault(id(new), []).append(key)
+    levels = []
     for layer in layers:
         if isinstance(layer, SiteHost):
-            modules = host_modules(layer)
-            drop = not any(_serves(m, name) for m in modules) and not any(
-                id(tap) in read for tap in layer.records
-            )
+            drop = not any(
+                serves(seen(m)) for m in host_modules(layer)
+            ) and not any(id(tap) in read for tap in layer.records)
         elif isinstance(layer, TaskHead):
             drop = True
         elif isinstance(layer, AdapterLayer) and isinstance(layer, Wrapper):
-            drop = not _serves(layer, name)
+            drop = not serves(layer)
         else:
             drop = False
-        if drop:
-            for key in keys.get(id(layer), [id(layer)]):
-                alone[key] = layer.wrapped_layer
-    return _resolved(alone)
+        # What stands inside the wrapper: its wrapped layer, or what the
+        # view puts in that layer's place.
+        child = layer.wrapped_layer if drop else None
+        if child is not None and seen(child) is not layer:
+            child = seen(child)
+        own = prefixes.get(id(layer))
+        inner = prefixes.get(id(child)) if child is not None else None
+        if own is not None and inner is not None and inner.startswith(own):
+            levels.append((inner, own))
+    # Innermost first: each rewrite takes one level out.
+    levels.sort(key=lambda level: -len(level[0]))
+
+    def alone(address):
+        for inner, own in levels:
+            if address.startswith(inner):
+                address = own + address[len(inner) :]
+        return address
+
+    return {key: alone(address) for key, address in addresses.items()}
 
 
 def host_modules(host):

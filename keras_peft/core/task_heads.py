@@ -15,7 +15,8 @@ def plan(context, name, others):
     Every trainable `Dense` of the task outside the backbone gets a new
     slot for `name` holding a freshly initialized kernel and bias, as a new
     task head would start; the first time, the layer is wrapped by a
-    `TaskHead` whose slot 0 (its current weights) belongs to `others`.
+    `TaskHead` whose slot 0 (its current weights) belongs to `others[0]`
+    and which gives each of `others[1:]` a copy of them.
 
     Returns:
         `(replacements, absorbed)`, as `composition.compose` returns them.
@@ -54,7 +55,10 @@ def plan(context, name, others):
             continue
         with scopes.scope_of(layer.path):
             head = TaskHead(layer)
+        # The head served every adapter so far: each keeps a copy of it.
         head.set_slot_names([others[0]])
+        for other in others[1:]:
+            head.add_slot(other, TaskHead(layer))
         replacements.append(method_lib.Replacement(layer, head))
         absorbed.append(method_lib.Replacement(head, _fresh_head(layer)))
     if unsupported:

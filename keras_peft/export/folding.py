@@ -43,7 +43,8 @@ def folded_copy(model):
     """`model`, or a copy of it with LoRA merged in and prefix MLPs ejected.
 
     The caller's model is never changed: when there is something to fold,
-    the folding happens on a copy.
+    the folding happens on a copy. A copy of a model holding several named
+    adapters keeps only the active one (their weights share each kernel).
 
     Args:
         model: a model keras-peft methods may have been applied to.
@@ -51,11 +52,19 @@ def folded_copy(model):
     Returns:
         `model` itself if nothing can be folded, else the folded copy.
     """
+    from keras_peft.core import named_adapters
+
     lora = bool(merge.lora_layers(model))
     prefix_mlp = bool(eject.reparametrized_prefixes(model))
+    names = named_adapters.adapter_names(model)
     if not (lora or prefix_mlp):
         return model
     copy = copy_model(model)
+    # Several adapters share each kernel: the copy keeps the active one.
+    active = named_adapters.active_adapter(model)
+    for name in names:
+        if name != active:
+            named_adapters.delete_adapter(copy, name)
     if lora:
         # Unloaded, not just merged: the export holds no `A` or `B`.
         merge.merge_lora(copy, unload=True)

@@ -109,7 +109,10 @@ def export_saved_model(
 
     Loading needs only TensorFlow: neither keras, keras-hub nor keras-peft.
 
-    A `keras_peft.multi_task` model serves all its tasks from one
+    A model holding several named adapters exports its active one (with
+    `merge=True` folded, the others left out; with `merge=False` all of
+    them, the active one acting). A `keras_peft.multi_task` model serves
+    all its tasks from one
     SavedModel: `serve` takes the model's inputs plus `"task_ids"` (int32,
     one per example), or with `include_preprocessor=True` (a text
     classifier) a dict `{"text": strings, "task_ids": ints}`. It is

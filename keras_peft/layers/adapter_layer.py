@@ -131,6 +131,21 @@ class AdapterLayer(keras.layers.Layer):
             )
         self.__dict__["_active_slot"] = variable
 
+    def disable_switching(self):
+        """Drops `active_slot` (the layer holds one adapter again and
+        computes with slot 0). Idempotent."""
+        variable = self.active_slot
+        if variable is None:
+            return
+        if len(self.slot_names) > 1:
+            raise ValueError(
+                f"{self.path!r} holds the adapters {list(self.slot_names)}; "
+                "it keeps switching between them."
+            )
+        with self._unlocked():
+            self._tracker.untrack(variable)
+        self.__dict__["_active_slot"] = None
+
     def add_slot(self, name, source):
         """Adds a slot for adapter `name` holding copies of `source`'s slot-0
         values (`check_slot_source` passed)."""

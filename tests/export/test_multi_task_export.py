@@ -63,3 +63,21 @@ def test_a_multi_task_classifier_serves_raw_strings(tmp_path):
         {"text": tf.constant(texts), "task_ids": tf.constant(ids)}
     ).numpy()
     helpers.assert_outputs_close(served, expected, atol=1e-5)
+
+
+def test_a_model_with_several_adapters_exports_the_active_one_folded(
+    tmp_path,
+):
+    case, model, _, expected = _server("bert_classifier")
+    names = list(expected)
+    keras_peft.set_active(model, names[1])
+    before = helpers.snapshot(model)
+    directory = os.path.join(tmp_path, "export")
+    keras_peft.export_saved_model(model, directory)
+    helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+    loaded = tf.saved_model.load(directory)
+    assert not any("lora" in v.name for v in loaded.variables)
+    served = loaded.serve(
+        {k: tf.constant(v) for k, v in case.inputs().items()}
+    ).numpy()
+    helpers.assert_outputs_close(served, expected[names[1]], atol=1e-5)
