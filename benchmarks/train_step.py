@@ -59,7 +59,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -69,6 +68,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+import child_memory  # noqa: E402
 import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
@@ -339,30 +339,22 @@ def report(times, stats, args, wall):
     return "\n".join(lines)
 
 
-def _memory_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def measure_memory_child(variant, args):
     """In a process of its own: the peak resident size training adds."""
     x, y = make_batch(args)
     model = build_model(variant, args)
-    before = _memory_kib("VmRSS")
-    _reset_peak()
+    before = child_memory.memory_kib("VmRSS")
+    child_memory.reset_peak()
     # The first step traces and creates the optimizer's variables (Adam's
     # two moments per trainable weight): part of what training holds.
     for _ in range(args.memory_steps):
         model.train_on_batch(x, y)
-    peak = _memory_kib("VmHWM")
-    steady_before = _memory_kib("VmRSS")
-    _reset_peak()
+    peak = child_memory.memory_kib("VmHWM")
+    steady_before = child_memory.memory_kib("VmRSS")
+    child_memory.reset_peak()
     for _ in range(args.memory_steps):
         model.train_on_batch(x, y)
-    steady_peak = _memory_kib("VmHWM")
+    steady_peak = child_memory.memory_kib("VmHWM")
     print(
         json.dumps(
             {
@@ -377,19 +369,6 @@ def measure_memory_child(variant, args):
     )
 
 
-def _reset_peak():
-    """Resets VmHWM to the current resident size (Linux 4.0 and later)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-# glibc keeps freed blocks below its (growing) mmap threshold for reuse, so
-# the resident size would stay at its high-water mark; with a fixed, low
-# threshold every large buffer is unmapped when freed, and the resident
-# size follows what is in use.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-
-
 def measure_memory(args):
     rows = {}
     for variant in MEMORY_VARIANTS:
@@ -402,17 +381,7 @@ def measure_memory(args):
         command += ["--vocab", str(args.vocab), "--seed", str(args.seed)]
         if args.jit_compile:
             command.append("--jit-compile")
-        result = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=1800,
-            env={**os.environ, **MALLOC_ENV},
-        )
-        if result.returncode:
-            raise RuntimeError(result.stderr[-3000:])
-        rows[variant] = json.loads(result.stdout.strip().splitlines()[-1])
+        rows[variant] = child_memory.run_child(command)
         print(rows[variant], flush=True)
     return rows
 
