@@ -18,14 +18,19 @@ TASKS = {
     "bert_classifier": ("lora", "lora_ffn_and_adapter", "adapters"),
     "t5_backbone": ("lora", "adapters", "lora_ffn_and_adapter"),
 }
+# Every task with a prompt (of one length), one also with LoRA.
+PROMPT_TASKS = ("prompt", "prompt_and_lora", "prompt")
 # Three tasks over a batch of 4: every task, one twice.
 TASK_IDS = np.array([2, 0, 1, 2], "int32")
 
 
-def _server(model_name):
+def _server(model_name, tasks=None):
     case = helpers.MODEL_CASES[model_name]
-    names = TASKS[model_name]
-    model = _named_model(case, [(n, SWITCHABLE[n]()) for n in names])
+    tasks = tasks or TASKS[model_name]
+    names = tuple(f"{i}_{task}" for i, task in enumerate(tasks))
+    model = _named_model(
+        case, [(n, SWITCHABLE[t]()) for n, t in zip(names, tasks)]
+    )
     expected = _outputs_by_name(model, case)
     return case, model, keras_peft.multi_task(model, list(names)), expected
 
@@ -34,10 +39,18 @@ def _rows(outputs, index):
     return keras.tree.map_structure(lambda x: np.asarray(x)[index], outputs)
 
 
-@pytest.mark.parametrize("model_name", sorted(TASKS))
-def test_each_row_equals_its_task_run_alone(model_name):
-    case, model, server, expected = _server(model_name)
-    names = TASKS[model_name]
+@pytest.mark.parametrize(
+    "model_name, tasks",
+    [
+        ("bert_classifier", None),
+        ("t5_backbone", None),
+        ("bert_classifier", PROMPT_TASKS),
+        ("t5_backbone", PROMPT_TASKS),
+    ],
+)
+def test_each_row_equals_its_task_run_alone(model_name, tasks):
+    case, model, server, expected = _server(model_name, tasks)
+    names = server.task_names
     inputs = {**case.inputs(), "task_ids": TASK_IDS}
     eager = helpers.numpy(server(inputs))
     predicted = server.predict(inputs, verbose=0)
@@ -60,7 +73,7 @@ def test_one_adapter_serves_as_the_model_computes():
 
 def test_mixed_batches_train_each_task_from_its_own_examples():
     case, model, server, _ = _server("bert_classifier")
-    names = TASKS["bert_classifier"]
+    names = server.task_names
     inputs, labels = case.inputs(), case.labels()
     trainable = server.trainable_weights
     owners = {id(v): _owner(model, v) for v in trainable}
@@ -107,7 +120,7 @@ def test_task_ids_out_of_range_are_clipped_in_a_compiled_function():
     import tensorflow as tf
 
     case, model, server, expected = _server("bert_classifier")
-    names = TASKS["bert_classifier"]
+    names = server.task_names
     ids = np.array([7, -3, 2, 0], "int32")
     data = tf.data.Dataset.from_tensors({**case.inputs(), "task_ids": ids})
     predicted = server.predict(data, verbose=0)
@@ -119,22 +132,24 @@ def test_task_ids_out_of_range_are_clipped_in_a_compiled_function():
 
 def test_bad_task_lists_are_refused():
     case, model, server, _ = _server("bert_classifier")
+    name = server.task_names[0]
     with pytest.raises(ValueError, match=r"no adapters named \['x'\]"):
-        keras_peft.multi_task(model, ["lora", "x"])
+        keras_peft.multi_task(model, [name, "x"])
     with pytest.raises(ValueError, match="repeats"):
-        keras_peft.multi_task(model, ["lora", "lora"])
+        keras_peft.multi_task(model, [name, name])
     with pytest.raises(ValueError, match="at least one"):
         keras_peft.multi_task(model, [])
     with pytest.raises(TypeError, match="list of adapter names"):
-        keras_peft.multi_task(model, "lora")
-    prompted = keras_peft.apply(
-        case.build(), helpers.METHOD_CASES["prompt_tuning"].config(case)
+        keras_peft.multi_task(model, name)
+    prefixed = keras_peft.apply(
+        case.build(), helpers.METHOD_CASES["prefix_tuning"].config(case)
     )
-    with pytest.raises(ValueError, match="PromptEmbedding"):
-        keras_peft.multi_task(prompted, ["default"])
+    with pytest.raises(ValueError, match="PrefixAttention"):
+        keras_peft.multi_task(prefixed, ["default"])
 
 
-def test_t5_cached_generate_decodes_each_example_with_its_adapter():
+@pytest.mark.parametrize("tasks", [TASKS["t5_backbone"], PROMPT_TASKS])
+def test_t5_cached_generate_decodes_each_example_with_its_adapter(tasks):
     """`generate` (keras-hub's cached decoder, compiled as keras-hub
     compiles it) picks, at every step of every row, the greedy token of
     that row's task: checked against the single-task model's full forward
@@ -142,10 +157,8 @@ def test_t5_cached_generate_decodes_each_example_with_its_adapter():
     rounded differently on another CPU cannot fail it)."""
     from tests import t5_decoding
 
-    case = helpers.MODEL_CASES["t5_seq2seq"]
-    names = TASKS["t5_backbone"]
-    model = _named_model(case, [(n, SWITCHABLE[n]()) for n in names])
-    server = keras_peft.multi_task(model, list(names))
+    case, model, server, _ = _server("t5_seq2seq", tasks)
+    names = server.task_names
     inputs = t5_decoding.generate_inputs(batch=4)
     model.compile(sampler="greedy")
     generated = server.generate(
@@ -193,7 +206,7 @@ def test_a_server_follows_the_model_it_holds():
         base = server.predict(inputs, verbose=0)
     assert not np.allclose(base, served, atol=1e-4)
     helpers.assert_outputs_equal(server.predict(inputs, verbose=0), served)
-    keras_peft.set_active(model, TASKS["bert_classifier"][1])
-    keras_peft.delete_adapter(model, TASKS["bert_classifier"][0])
+    keras_peft.set_active(model, server.task_names[1])
+    keras_peft.delete_adapter(model, server.task_names[0])
     with pytest.raises(ValueError, match="no longer in the model"):
         server.predict(inputs, verbose=0)

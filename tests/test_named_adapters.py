@@ -16,8 +16,14 @@ from tests import helpers
 
 BACKEND = keras.backend.backend()
 
-# What several adapters may be made of: LoRA and the bottleneck adapters.
+# What several adapters may be made of: LoRA, the bottleneck adapters, and
+# prompts (every adapter with one, or none).
 SWITCHABLE = {
+    "prompt": lambda: keras_peft.PromptTuningConfig(length=3, init="random"),
+    "prompt_and_lora": lambda: [
+        keras_peft.PromptTuningConfig(length=3, init="random"),
+        keras_peft.LoRAConfig(rank=2),
+    ],
     "lora": lambda: keras_peft.LoRAConfig(rank=4, alpha=8),
     "lora_ffn_and_adapter": lambda: [
         keras_peft.LoRAConfig(rank=2, targets="ffn"),
@@ -78,6 +84,8 @@ def _outputs_by_name(model, case):
     [
         ("bert_classifier", ("lora", "lora_ffn_and_adapter", "adapters")),
         ("t5_backbone", ("lora", "adapters")),
+        ("bert_classifier", ("prompt", "prompt_and_lora")),
+        ("t5_backbone", ("prompt", "prompt_and_lora")),
     ],
 )
 def test_each_adapter_computes_what_it_computes_alone(
@@ -90,6 +98,8 @@ def test_each_adapter_computes_what_it_computes_alone(
     model = _named_model(case, adapters)
     assert keras_peft.adapter_names(model) == methods
     assert keras_peft.active_adapter(model) == methods[0]
+    # The int32 switches never train.
+    assert all("float" in str(v.dtype) for v in model.trainable_weights)
     outputs = _outputs_by_name(model, case)
     for name in methods:
         keras_peft.save_adapter(model, tmp_path / name, name=name)
@@ -336,7 +346,11 @@ def test_bad_names_and_deleting_the_active_adapter_leave_the_model():
         (lambda: keras_peft.LoRAConfig(rank=2, alpha=8), "rank='2' instead"),
         (
             lambda: keras_peft.PromptTuningConfig(length=2, init="random"),
-            "cannot be switched off",
+            "'b' has a prompt and the adapters \\['a'\\] have none",
+        ),
+        (
+            lambda: keras_peft.PrefixTuningConfig(length=2),
+            "PrefixAttention.*cannot be switched off",
         ),
         (lambda: keras_peft.BitFitConfig(), "variables of the base model"),
         (
@@ -355,17 +369,23 @@ def test_an_adapter_that_cannot_join_leaves_the_model(second, match):
     assert keras_peft.adapter_names(model) == ("a",)
 
 
-def test_no_second_adapter_beside_prompts_or_base_training():
+def test_no_second_adapter_without_a_prompt_or_beside_base_training():
     case = helpers.MODEL_CASES["bert_classifier"]
-    for first in (
-        helpers.METHOD_CASES["prompt_tuning"].config(case),
-        keras_peft.BitFitConfig(),
+    for first, second, match in (
+        (SWITCHABLE["prompt"], SWITCHABLE["lora"], "'b' has none"),
+        # A prompt of another length.
+        (
+            SWITCHABLE["prompt"],
+            lambda: keras_peft.PromptTuningConfig(length=2, init="random"),
+            "prompt length='2' instead of '3'",
+        ),
+        (keras_peft.BitFitConfig, SWITCHABLE["lora"], "base model itself"),
     ):
         model = case.build()
-        keras_peft.apply(model, first, name="a")
+        keras_peft.apply(model, first(), name="a")
         before = helpers.snapshot(model)
-        with pytest.raises(ValueError, match="Cannot add adapter 'b'"):
-            keras_peft.apply(model, SWITCHABLE["lora"](), name="b")
+        with pytest.raises(ValueError, match=match):
+            keras_peft.apply(model, second(), name="b")
         helpers.assert_snapshot_equal(before, helpers.snapshot(model))
 
 
@@ -411,11 +431,20 @@ def test_merging_is_refused_while_several_adapters_share_a_layer():
     BACKEND != "tensorflow",
     reason="whole-model saving is checked once, on TensorFlow",
 )
-@pytest.mark.parametrize("model_name", ["bert_classifier", "t5_backbone"])
-def test_keras_file_round_trip_keeps_every_adapter(model_name, tmp_path):
+@pytest.mark.parametrize(
+    "model_name, methods",
+    [
+        ("bert_classifier", ("lora", "adapters")),
+        ("t5_backbone", ("lora", "adapters")),
+        ("t5_seq2seq", ("prompt", "prompt_and_lora")),
+    ],
+)
+def test_keras_file_round_trip_keeps_every_adapter(
+    model_name, methods, tmp_path
+):
     case = helpers.MODEL_CASES[model_name]
     model = _named_model(
-        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["adapters"]())]
+        case, [(n, SWITCHABLE[m]()) for n, m in zip("ab", methods)]
     )
     expected = _outputs_by_name(model, case)
     model.save(tmp_path / "model.keras")

@@ -82,6 +82,12 @@ def sharing_layers(name):
         _SHARING.reset(token)
 
 
+def shared_name():
+    """The adapter being planned beside others (`sharing_layers`), or
+    `None`."""
+    return _SHARING.get()
+
+
 def check_wrappable(context, config, layers, graph_of=None):
     """Raises a `ValueError` unless each of `layers` can take a replacing
     wrapper for `config`. Every method checks its targets with it before

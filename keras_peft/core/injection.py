@@ -221,7 +221,9 @@ def plan(model, configs, initialize=True, name=None):
                     method_plans.append(method_plan)
             composition.check_conflicts(configs, method_plans)
             if others:
-                switching.check_plans_joinable(name, others, method_plans)
+                switching.check_plans_joinable(
+                    context, name, others, method_plans
+                )
             replacements, absorbed = composition.compose(
                 context, method_plans, shared_name=name if others else None
             )

@@ -273,8 +273,8 @@ def multi_task(model, names):
     the task keeps one per adapter). Its variables are `model`'s: `fit` on
     mixed-task batches trains each adapter from its own examples only.
 
-    The methods it routes are LoRA and the bottleneck adapters
-    (sequential, parallel, scaled, multi-head), for now.
+    The methods it routes are LoRA, the bottleneck adapters (sequential,
+    parallel, scaled, multi-head) and prompt tuning, for now.
 
     Args:
         model: a supported keras-hub backbone or task holding the adapters.
@@ -315,8 +315,8 @@ def multi_task(model, names):
     if fixed:
         kinds = ", ".join(sorted({type(layer).__name__ for layer in fixed}))
         raise ValueError(
-            f"`multi_task` routes LoRA and the bottleneck adapters per "
-            f"example for now; {type(context.model).__name__} holds {kinds} "
-            "layers."
+            f"`multi_task` routes LoRA, the bottleneck adapters and prompts "
+            f"per example for now; {type(context.model).__name__} holds "
+            f"{kinds} layers."
         )
     return MultiTaskModel(context.model, names)

@@ -12,6 +12,7 @@ import re
 from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.prompt_sites import PromptInsertion
 from keras_peft.layers.site_host import SiteHost
 from keras_peft.layers.task_head import TaskHead
 from keras_peft.layers.wrapper import Wrapper
@@ -95,7 +96,31 @@ def _kept_reason(configs):
     )
 
 
-def check_plans_joinable(name, others, method_plans):
+def _check_prompts(context, name, others, built):
+    """Raises a `ValueError` unless adapter `name` has a prompt exactly
+    when the model's other adapters do: a prompt lengthens the sequence,
+    so it cannot be switched off while another adapter acts."""
+    had = any(
+        isinstance(layer, PromptInsertion)
+        for layer in adapter_layers(context.backbone)
+    )
+    has = any(isinstance(layer, PromptInsertion) for layer in built)
+    if had == has:
+        return
+    if had:
+        reason = f"the adapters {others} have prompts and {name!r} has none"
+    else:
+        reason = f"{name!r} has a prompt and the adapters {others} have none"
+    raise ValueError(
+        f"Cannot add adapter {name!r}: {reason}. A prompt lengthens the "
+        "sequence and cannot be switched off while another adapter acts: "
+        "in a model holding several adapters, every adapter has a prompt "
+        "of the same length, or none has (apply an adapter's prompt and "
+        "its other configs in one call)."
+    )
+
+
+def check_plans_joinable(context, name, others, method_plans):
     """Raises a `ValueError` unless adapter `name`'s planned layers can be
     switched off while one of `others` acts."""
     built = []
@@ -116,6 +141,7 @@ def check_plans_joinable(name, others, method_plans):
             "adapters takes LoRA and the bottleneck adapters (sequential, "
             "parallel, multi-head) for now."
         )
+    _check_prompts(context, name, others, built)
     if any(plan.trainable_base_variables for plan in method_plans):
         raise ValueError(
             f"Cannot add adapter {name!r} beside {others}: "
@@ -170,7 +196,13 @@ def named_variables(model, name, view=None, trainable_ids=None, absorbed=()):
         A list of `(address, variable)`, in `model.weights` order.
     """
     view = _resolved(view or {})
-    takes = {id(r.old): r.new for r in absorbed}
+    takes = {}
+    for replacement in absorbed:
+        # With the adapter layers inside them (a prompt insertion's prompt).
+        pairs = zip(
+            adapter_layers(replacement.old), adapter_layers(replacement.new)
+        )
+        takes.update({id(old): new for old, new in pairs})
     addresses = _alone_addresses(model, name, view, takes)
     mine, others, planned = {}, set(), []
     for layer in layer_tree.layers_in_order(model, view):

@@ -49,8 +49,11 @@ class AdapterLayer(keras.layers.Layer):
         its `active_slot`: every slot's weights."""
         base = self.wrapped_layer
         excluded = {id(v) for v in base.weights} if base is not None else set()
-        if self.active_slot is not None:
-            excluded.add(id(self.active_slot))
+        # Its own switch and those of adapter layers inside it.
+        for layer in self._flatten_layers():
+            switch = getattr(layer, "active_slot", None)
+            if switch is not None:
+                excluded.add(id(switch))
         return [v for v in self.weights if id(v) not in excluded]
 
     # Named slots.
@@ -111,6 +114,9 @@ class AdapterLayer(keras.layers.Layer):
         ignored = ("name", "dtype", "trainable", "base_layer", "merged")
         for key in ignored + tuple(self.slot_independent_settings):
             config.pop(key, None)
+        for key in [k for k in config if k.endswith("initializer")]:
+            # How a slot started does not matter once it holds values.
+            del config[key]
         config["variables"] = [
             (v.name, tuple(v.shape), str(v.dtype))
             for v in self._template_variables()

@@ -40,6 +40,7 @@ class PromptEmbedding(AdapterLayer):
     """
 
     method = "prompt_tuning"
+    switchable = True
 
     def __init__(
         self,
@@ -73,7 +74,17 @@ class PromptEmbedding(AdapterLayer):
         )
 
     def _prompts_for(self, batch_size, task_ids):
-        prompt = ops.cast(self.prompt, self.compute_dtype)
+        prompt = self.slot_values(self.prompt)
+        if self.routed:
+            # One prompt per example, by its adapter: `(batch, 1, l, d)`.
+            if self.num_prompts != 1 or task_ids is not None:
+                raise ValueError(
+                    f"PromptEmbedding {self.name!r} holds a bank of "
+                    f"{self.num_prompts} prompts picked by `task_ids`; it "
+                    "cannot also be routed per named adapter."
+                )
+            return ops.cast(prompt[:, 0], self.compute_dtype)
+        prompt = ops.cast(prompt, self.compute_dtype)
         if task_ids is None:
             if self.num_prompts != 1:
                 raise ValueError(

@@ -27,6 +27,10 @@ class _PassThrough(Wrapper, AdapterLayer):
     """
 
     method = "prompt_tuning"
+    # No weights of their own: every adapter of the model has a prompt of
+    # the same length (a prompt cannot be switched off), and the wrappers
+    # keep the longer sequence in step whichever acts.
+    switchable = True
 
     def build(self, *args, **kwargs):
         # Nothing to create: building only gives the layer its path.
@@ -34,6 +38,18 @@ class _PassThrough(Wrapper, AdapterLayer):
 
     def __call__(self, *args, **kwargs):
         return self.call(*args, **kwargs)
+
+    def _template_variables(self):
+        return []
+
+    def slot_signature(self):
+        return {
+            key: repr(value)
+            for key, value in sorted(vars(self).items())
+            if key in self._signature_keys
+        }
+
+    _signature_keys = ()
 
 
 def _first(outputs):
@@ -88,6 +104,20 @@ class PromptInsertion(_PassThrough):
         self.mask_argument = mask_argument
         self.max_length = max_length
         self.build()
+
+    _signature_keys = ("where", "mask_argument", "max_length")
+
+    def slot_signature(self):
+        signature = super().slot_signature()
+        for key, value in self.prompt.slot_signature().items():
+            signature[f"prompt {key}"] = value
+        return signature
+
+    def add_slot(self, name, source):
+        """Adds adapter `name`'s prompt (from `source`, a planned
+        `PromptInsertion`) to this layer's `PromptEmbedding`."""
+        self.prompt.add_slot(name, source.prompt)
+        super().add_slot(name, source)
 
     def _insert(self, sequence):
         length = sequence.shape[1]
@@ -168,6 +198,16 @@ class PromptAlignment(_PassThrough):
         self.fill_output = fill_output
         self.strip_output = strip_output
         self.build()
+
+    _signature_keys = (
+        "length",
+        "insert_at",
+        "mask_argument",
+        "cache_argument",
+        "cache_index_argument",
+        "fill_output",
+        "strip_output",
+    )
 
     def _grow_cache(self, cache, kwargs):
         if kwargs.get(self.cache_index_argument) is None:

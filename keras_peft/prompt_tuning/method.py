@@ -1,5 +1,6 @@
 """How prompt tuning plans itself on a model."""
 
+from keras_peft.core import architectures
 from keras_peft.core import composition
 from keras_peft.core import config as config_lib
 from keras_peft.core import method as method_lib
@@ -19,7 +20,13 @@ class PromptTuningMethod(method_lib.Method):
 
     def plan(self, context, config, initialize=True):
         state = state_lib.get_state(context.backbone)
-        if state and any(c.method == self.name for c in state.configs):
+        # Beside other named adapters, each adapter has its prompt: the
+        # layers it shares say whether this one has one already.
+        if (
+            composition.shared_name() is None
+            and state
+            and any(c.method == self.name for c in state.configs)
+        ):
             raise ValueError(
                 "The model already has prompt tuning applied; a model takes "
                 "one prompt."
@@ -41,7 +48,8 @@ class PromptTuningMethod(method_lib.Method):
                 config, init_lib.embedding_matrix(sites.embeddings), tokenizer
             )
 
-        insert = sites.insert_layer
+        # Under the wrappers of another named adapter's prompt, if any.
+        insert = architectures.unwrapped(sites.insert_layer)
         with scopes.scope_of(f"{insert.path}/prompt_embedding"):
             prompt = PromptEmbedding(
                 config.length,
@@ -62,7 +70,7 @@ class PromptTuningMethod(method_lib.Method):
             )
         replacements = [method_lib.Replacement(insert, inserted, graph_of)]
         for alignment in sites.aligned:
-            layer = alignment.layer
+            layer = architectures.unwrapped(alignment.layer)
             with scopes.scope_of(layer.path):
                 wrapper = PromptAlignment(
                     layer,
