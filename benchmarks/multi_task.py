@@ -48,9 +48,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+import bench_models  # noqa: E402
 import child_memory  # noqa: E402
-import keras  # noqa: E402
-import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import results_file  # noqa: E402
 
@@ -66,18 +65,7 @@ LABELS = {
 
 def build(variant, args):
     """The variant's model and a function giving its inputs for a batch."""
-    keras.utils.set_random_seed(args.seed)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=args.vocab,
-        num_layers=4,
-        num_heads=4,
-        hidden_dim=256,
-        intermediate_dim=1024,
-        max_sequence_length=512,
-    )
-    model = keras_hub.models.BertTextClassifier(
-        backbone, num_classes=2, preprocessor=None
-    )
+    model = bench_models.bert_classifier(args.vocab, seed=args.seed)
     tasks = 1 if variant == "one" else args.tasks
     names = [f"task{i:03d}" for i in range(tasks)]
     rng = np.random.default_rng(args.seed)

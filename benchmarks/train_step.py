@@ -68,9 +68,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+import bench_models  # noqa: E402
 import child_memory  # noqa: E402
 import keras  # noqa: E402
-import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 import results_file  # noqa: E402
 
@@ -204,18 +204,8 @@ def parse_args(argv=None):
 
 
 def build_model(variant, args):
-    keras.utils.set_random_seed(args.seed)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=args.vocab,
-        num_layers=4,
-        num_heads=4,
-        hidden_dim=256,
-        intermediate_dim=1024,
-        max_sequence_length=max(512, args.seq),
-    )
-    model = keras_hub.models.BertTextClassifier(
-        backbone, num_classes=2, preprocessor=None
-    )
+    model = bench_models.bert_classifier(args.vocab, args.seq, args.seed)
+    backbone = model.backbone
     if variant == "keras_peft_lora":
         config = keras_peft.LoRAConfig(rank=args.rank, alpha=2 * args.rank)
         keras_peft.apply(model, config)
