@@ -620,3 +620,52 @@ def test_the_summary_counts_parameters_not_switches():
     lora = dict(one_summary.groups)["lora"]
     head = dict(one_summary.groups)["head"]
     assert new == lora + head
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="bundle addresses are backend-neutral"
+)
+@pytest.mark.parametrize("model_name", ["bert_classifier", "t5_seq2seq"])
+def test_prompt_bundles_load_under_new_names_in_either_order(
+    model_name, tmp_path
+):
+    """The other adapter's LoRA sits inside the layers the prompt's
+    wrappers hold: it is not the loaded adapter's."""
+    case = helpers.MODEL_CASES[model_name]
+    expected = {}
+    for layout in ("prompt", "prompt_and_lora"):
+        model = case.build()
+        keras_peft.apply(model, SWITCHABLE[layout]())
+        _randomize(model, model.trainable_weights, 3)
+        keras_peft.save_adapter(model, tmp_path / layout)
+        expected[layout] = case.outputs(model)
+    for order in (("prompt", "prompt_and_lora"), ("prompt_and_lora", "prompt")):
+        model = case.build()
+        for name in order:
+            keras_peft.load_adapter(model, str(tmp_path / name), name=name)
+        for name, outputs in _outputs_by_name(model, case).items():
+            helpers.assert_outputs_close(outputs, expected[name], 1e-5)
+
+
+def test_a_prompt_adapter_takes_more_configs_and_reads_back_its_prompt():
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case, [("a", SWITCHABLE["prompt"]()), ("b", SWITCHABLE["prompt"]())]
+    )
+    keras_peft.apply(model, SWITCHABLE["lora"](), name="a")
+    assert [c.method for c in keras_peft.applied_configs(model)] == [
+        "prompt_tuning",
+        "lora",
+    ]
+    tokenizer = helpers.bert_tokenizer()
+    read = {}
+    for name in ("a", "b"):
+        keras_peft.set_active(model, name)
+        read[name] = keras_peft.nearest_tokens(model, tokenizer, k=2)
+    alone = case.build()
+    keras_peft.apply(alone, SWITCHABLE["prompt"]())
+    prompt = [v for v in alone.trainable_weights if v.name == "prompt"][0]
+    model_prompt = [v for v in model.weights if v.name == "prompt__b"][0]
+    prompt.assign(keras.ops.convert_to_numpy(model_prompt))
+    assert read["b"] == keras_peft.nearest_tokens(alone, tokenizer, k=2)
+    assert read["a"] != read["b"]

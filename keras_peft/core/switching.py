@@ -104,7 +104,13 @@ def _check_prompts(context, name, others, built):
         isinstance(layer, PromptInsertion)
         for layer in adapter_layers(context.backbone)
     )
-    has = any(isinstance(layer, PromptInsertion) for layer in built)
+    state = state_lib.get_state(context.backbone)
+    has = any(isinstance(layer, PromptInsertion) for layer in built) or (
+        name in state.adapters
+        and any(
+            c.method == "prompt_tuning" for c in state.adapters[name].configs
+        )
+    )
     if had == has:
         return
     if had:
@@ -198,9 +204,11 @@ def named_variables(model, name, view=None, trainable_ids=None, absorbed=()):
     view = _resolved(view or {})
     takes = {}
     for replacement in absorbed:
-        # With the adapter layers inside them (a prompt insertion's prompt).
+        # With their own adapter layers (a prompt insertion's prompt), not
+        # those inside the layer they wrap (another adapter's).
         pairs = zip(
-            adapter_layers(replacement.old), adapter_layers(replacement.new)
+            _own_adapter_layers(replacement.old),
+            _own_adapter_layers(replacement.new),
         )
         takes.update({id(old): new for old, new in pairs})
     addresses = _alone_addresses(model, name, view, takes)
@@ -236,6 +244,17 @@ def named_variables(model, name, view=None, trainable_ids=None, absorbed=()):
         ):
             found.append((addresses[id(variable)], variable))
     return found + planned
+
+
+def _own_adapter_layers(layer):
+    """`layer` and the adapter layers inside it, but not inside the layer
+    it wraps."""
+    wrapped = getattr(layer, "wrapped_layer", None)
+    found = [layer]
+    for child in layer._layers:
+        if child is not wrapped:
+            found += adapter_layers(child)
+    return found
 
 
 def _resolved(view):

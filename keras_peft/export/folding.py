@@ -54,10 +54,10 @@ def folded_copy(model):
     """
     from keras_peft.core import named_adapters
 
+    names = named_adapters.adapter_names(model)
     lora = bool(merge.lora_layers(model))
     prefix_mlp = bool(eject.reparametrized_prefixes(model))
-    names = named_adapters.adapter_names(model)
-    if not (lora or prefix_mlp):
+    if len(names) < 2 and not (lora or prefix_mlp):
         return model
     copy = copy_model(model)
     # Several adapters share each kernel: the copy keeps the active one.
@@ -65,6 +65,8 @@ def folded_copy(model):
     for name in names:
         if name != active:
             named_adapters.delete_adapter(copy, name)
+    lora = bool(merge.lora_layers(copy))
+    prefix_mlp = bool(eject.reparametrized_prefixes(copy))
     if lora:
         # Unloaded, not just merged: the export holds no `A` or `B`.
         merge.merge_lora(copy, unload=True)

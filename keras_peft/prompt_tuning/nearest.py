@@ -1,9 +1,11 @@
 """Reading a learned prompt back as vocabulary tokens."""
 
+import keras
 import numpy as np
 
 from keras_peft.core import architectures
 from keras_peft.core import layer_tree
+from keras_peft.core import state as state_lib
 from keras_peft.layers.prompt_embedding import PromptEmbedding
 from keras_peft.prompt_tuning import init as init_lib
 
@@ -58,7 +60,14 @@ def nearest_tokens(model, tokenizer, k=5):
         raise ValueError(
             f"`k` must be an int in [1, {embeddings.shape[0]}]. Got {k!r}."
         )
-    bank = np.asarray(prompts[0].prompt.numpy(), "float32")
+    # The active adapter's prompt, in a model holding several.
+    prompt = prompts[0]
+    names = prompt.slot_names
+    state = state_lib.get_state(context.backbone)
+    slot = names.index(state.active) if state and state.active in names else 0
+    bank = np.asarray(
+        keras.ops.convert_to_numpy(prompt.slot_variables(slot)[0]), "float32"
+    )
     vocabulary = _unit(embeddings)
     found = []
     for prompt in bank:

@@ -81,3 +81,23 @@ def test_a_model_with_several_adapters_exports_the_active_one_folded(
         {k: tf.constant(v) for k, v in case.inputs().items()}
     ).numpy()
     helpers.assert_outputs_close(served, expected[names[1]], atol=1e-5)
+
+
+def test_the_active_adapter_exports_when_another_holds_the_lora(tmp_path):
+    from tests.test_named_adapters import SWITCHABLE
+    from tests.test_named_adapters import _named_model
+    from tests.test_named_adapters import _outputs_by_name
+
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["adapters"]())]
+    )
+    expected = _outputs_by_name(model, case)["b"]
+    directory = os.path.join(tmp_path, "export")
+    keras_peft.export_saved_model(model, directory)
+    loaded = tf.saved_model.load(directory)
+    assert not any("lora" in v.name for v in loaded.variables)
+    served = loaded.serve(
+        {k: tf.constant(v) for k, v in case.inputs().items()}
+    ).numpy()
+    helpers.assert_outputs_close(served, expected, atol=1e-5)
