@@ -110,16 +110,13 @@ def test_fit_in_each_precision(
     model = model_case.make()
     base = {id(v) for v in model.weights}
     keras_peft.apply(model, _UNIONS[model_name][union]())
-    helpers.compile(
+    # Grouped, so that float16 checks Keras' loss scaling around it.
+    _compile_grouped(
         model,
-        # Grouped, so that float16 checks Keras' loss scaling around it.
-        optimizer=keras_peft.GroupedOptimizer(
-            keras.optimizers.Adam(0.05),
-            learning_rates={"lora": 0.02},
-            model=model,
-        ),
-        loss=model_case.loss,
-        jit_compile=bool(jit_compile),
+        model_case,
+        keras.optimizers.Adam(0.05),
+        {"lora": 0.02},
+        bool(jit_compile),
     )
     # Keras falls back to no XLA, with a warning only, when a layer does
     # not support it.
@@ -138,6 +135,19 @@ def test_fit_in_each_precision(
     assert all(np.isfinite(x).all() for x in keras.tree.flatten(outputs))
 
 
+def _compile_grouped(model, model_case, optimizer, rates, jit_compile):
+    """Compiles with `GroupedOptimizer(optimizer, rates)` and the case's
+    loss."""
+    helpers.compile(
+        model,
+        optimizer=keras_peft.GroupedOptimizer(
+            optimizer, learning_rates=rates, model=model
+        ),
+        loss=model_case.loss,
+        jit_compile=jit_compile,
+    )
+
+
 def test_float16_loss_scaling_unscales_the_update(global_policy):
     """Keras scales the float16 loss so that small gradients survive, and
     must unscale them before the update. With SGD at rate 1 one step moves
@@ -152,15 +162,8 @@ def test_float16_loss_scaling_unscales_the_update(global_policy):
     keras_peft.apply(model, keras_peft.LoRAConfig(rank=4, alpha=8))
     # Off LoRA's zero start, so that every new weight has a gradient.
     helpers.randomize_trainable(model, scale=0.1)
-    helpers.compile(
-        model,
-        optimizer=keras_peft.GroupedOptimizer(
-            keras.optimizers.SGD(1.0),
-            learning_rates={"head": 1.0},
-            model=model,
-        ),
-        loss=model_case.loss,
-        jit_compile=_XLA,
+    _compile_grouped(
+        model, model_case, keras.optimizers.SGD(1.0), {"head": 1.0}, _XLA
     )
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     x, y = model_case.inputs(), model_case.labels()

@@ -222,7 +222,7 @@ def plan(model, configs, initialize=True, name=None):
             composition.check_conflicts(configs, method_plans)
             if others:
                 switching.check_plans_joinable(
-                    context, name, others, method_plans
+                    context, name, others, configs, method_plans
                 )
             replacements, absorbed = composition.compose(
                 context, method_plans, shared_name=name if others else None

@@ -307,13 +307,8 @@ def multi_task(model, names):
         )
     if len(set(names)) != len(names):
         raise ValueError(f"`names` repeats an adapter: {list(names)}.")
-    fixed = [
-        layer
-        for layer in switching.adapter_layers(context.model)
-        if not layer.switchable
-    ]
-    if fixed:
-        kinds = ", ".join(sorted({type(layer).__name__ for layer in fixed}))
+    kinds = switching.unswitchable_kinds([context.model])
+    if kinds:
         raise ValueError(
             f"`multi_task` routes LoRA, the bottleneck adapters and prompts "
             f"per example for now; {type(context.model).__name__} holds "

@@ -125,11 +125,7 @@ def disabled(model):
             "model itself (BitFit's biases, LoRA's `bias`), which no adapter "
             "layer can switch off."
         )
-    merged = [
-        layer.path
-        for layer in switching.adapter_layers(context.backbone)
-        if getattr(layer, "merged", False)
-    ]
+    merged = switching.merged_lora_paths(context.backbone)
     if merged:
         raise ValueError(
             "`disabled` cannot give the base model's outputs: LoRA is merged "

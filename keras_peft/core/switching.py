@@ -41,33 +41,59 @@ def adapter_layers(root):
     ]
 
 
-def _describe_unswitchable(layers):
-    kinds = sorted({type(layer).__name__ for layer in layers})
-    return ", ".join(kinds)
+def unswitchable_kinds(layers):
+    """The class names of the adapter layers among `layers` (and inside
+    them) that cannot be switched off, as text; `""` if none."""
+    fixed = {
+        type(layer).__name__
+        for root in layers
+        for layer in adapter_layers(root)
+        if not layer.switchable
+    }
+    return ", ".join(sorted(fixed))
+
+
+def merged_lora_paths(root):
+    """The paths of the LoRA layers under `root` merged into their base."""
+    return [
+        layer.path
+        for layer in adapter_layers(root)
+        if getattr(layer, "merged", False)
+    ]
+
+
+def _check_not_fixed(name, others, kinds, whose):
+    if kinds:
+        raise ValueError(
+            f"Cannot add adapter {name!r} beside {others}: {whose} {kinds} "
+            "layers cannot be switched off while another adapter acts. A "
+            "model holding several named adapters takes LoRA, the "
+            "bottleneck adapters (sequential, parallel, multi-head) and "
+            "prompts for now."
+        )
+
+
+def _check_no_kept(name, others, configs):
+    """Raises for an adapter `name` beside `others` when `configs` train
+    variables of the base model."""
+    if configs:
+        described = ", ".join(repr(c) for c in configs)
+        raise ValueError(
+            f"Cannot add adapter {name!r} beside {others}: {described} "
+            "train variables of the base model itself, which every adapter "
+            "shares. Several named adapters cannot keep base variables "
+            "trainable (BitFit, LoRA's `bias`) for now."
+        )
 
 
 def check_joinable(context, name, others):
     """Raises a `ValueError` unless the adapters already in the model can
     share it with a new adapter `name`."""
     state = state_lib.get_state(context.backbone)
-    fixed = [
-        layer
-        for layer in adapter_layers(context.backbone)
-        if not layer.switchable
-    ]
-    if fixed:
-        raise ValueError(
-            f"Cannot add adapter {name!r} beside {others}: their "
-            f"{_describe_unswitchable(fixed)} layers cannot be switched off "
-            "while another adapter acts. A model holding several named "
-            "adapters takes LoRA and the bottleneck adapters (sequential, "
-            "parallel, multi-head) for now."
-        )
-    merged = [
-        layer.path
-        for layer in adapter_layers(context.backbone)
-        if getattr(layer, "merged", False)
-    ]
+    _check_not_fixed(
+        name, others, unswitchable_kinds([context.backbone]), "their"
+    )
+    merged = merged_lora_paths(context.backbone)
     if merged:
         raise ValueError(
             f"Cannot add adapter {name!r} beside {others}: LoRA is merged "
@@ -75,24 +101,18 @@ def check_joinable(context, name, others):
             "whichever adapter is active. Call `keras_peft.unmerge_lora` "
             "first."
         )
-    kept = [
-        n
-        for n in others
-        if any(group for group in state.adapters[n].trainable_base_variables)
-    ]
-    if kept:
-        raise ValueError(
-            f"Cannot add adapter {name!r} beside {kept}: "
-            f"{_kept_reason(state.adapters[kept[0]].configs)}"
-        )
-
-
-def _kept_reason(configs):
-    described = ", ".join(repr(c) for c in configs)
-    return (
-        f"they train variables of the base model itself ({described}), "
-        "which every adapter shares. Several named adapters cannot keep base "
-        "variables trainable (BitFit, LoRA's `bias`) for now."
+    _check_no_kept(
+        name,
+        others,
+        [
+            config
+            for n in others
+            for config, group in zip(
+                state.adapters[n].configs,
+                state.adapters[n].trainable_base_variables,
+            )
+            if group
+        ],
     )
 
 
@@ -126,35 +146,24 @@ def _check_prompts(context, name, others, built):
     )
 
 
-def check_plans_joinable(context, name, others, method_plans):
+def check_plans_joinable(context, name, others, configs, method_plans):
     """Raises a `ValueError` unless adapter `name`'s planned layers can be
     switched off while one of `others` acts."""
     built = []
     for plan in method_plans:
         built += [r.new for r in plan.replacements]
         built += [d.module for d in plan.deltas]
-    fixed = [
-        layer
-        for root in built
-        for layer, _ in layer_tree.iter_layers(root)
-        if isinstance(layer, AdapterLayer) and not layer.switchable
-    ]
-    if fixed:
-        raise ValueError(
-            f"Cannot add adapter {name!r} beside {others}: its "
-            f"{_describe_unswitchable(fixed)} layers cannot be switched off "
-            "while another adapter acts. A model holding several named "
-            "adapters takes LoRA and the bottleneck adapters (sequential, "
-            "parallel, multi-head) for now."
-        )
+    _check_not_fixed(name, others, unswitchable_kinds(built), "its")
     _check_prompts(context, name, others, built)
-    if any(plan.trainable_base_variables for plan in method_plans):
-        raise ValueError(
-            f"Cannot add adapter {name!r} beside {others}: "
-            "it would train variables of the base model itself, which every "
-            "adapter shares. Several named adapters cannot keep base "
-            "variables trainable (BitFit, LoRA's `bias`) for now."
-        )
+    _check_no_kept(
+        name,
+        others,
+        [
+            config
+            for config, plan in zip(configs, method_plans)
+            if plan.trainable_base_variables
+        ],
+    )
 
 
 def name_slots(model, state, name):
