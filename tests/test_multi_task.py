@@ -20,6 +20,12 @@ TASKS = {
 }
 # Every task with a prompt (of one length), one also with LoRA.
 PROMPT_TASKS = ("prompt", "prompt_and_lora", "prompt")
+# Prefixes (MAM's among them), and a task without one: its examples
+# mask the prefix out.
+PREFIX_TASKS = {
+    "bert_classifier": ("prefix", "lora", "mam"),
+    "t5_backbone": ("prefix", "prefix_and_lora", "lora"),
+}
 # Three tasks over a batch of 4: every task, one twice.
 TASK_IDS = np.array([2, 0, 1, 2], "int32")
 
@@ -46,6 +52,8 @@ def _rows(outputs, index):
         ("t5_backbone", None),
         ("bert_classifier", PROMPT_TASKS),
         ("t5_backbone", PROMPT_TASKS),
+        ("bert_classifier", PREFIX_TASKS["bert_classifier"]),
+        ("t5_backbone", PREFIX_TASKS["t5_backbone"]),
     ],
 )
 def test_each_row_equals_its_task_run_alone(model_name, tasks):
@@ -71,8 +79,9 @@ def test_one_adapter_serves_as_the_model_computes():
     helpers.assert_outputs_close(helpers.numpy(outputs), case.outputs(model))
 
 
-def test_mixed_batches_train_each_task_from_its_own_examples():
-    case, model, server, _ = _server("bert_classifier")
+@pytest.mark.parametrize("tasks", [None, PREFIX_TASKS["bert_classifier"]])
+def test_mixed_batches_train_each_task_from_its_own_examples(tasks):
+    case, model, server, _ = _server("bert_classifier", tasks)
     names = server.task_names
     inputs, labels = case.inputs(), case.labels()
     trainable = server.trainable_weights
@@ -144,11 +153,13 @@ def test_bad_task_lists_are_refused():
     prefixed = keras_peft.apply(
         case.build(), helpers.METHOD_CASES["prefix_tuning"].config(case)
     )
-    with pytest.raises(ValueError, match="PrefixAttention"):
+    with pytest.raises(ValueError, match="PrefixReparametrization.*eject"):
         keras_peft.multi_task(prefixed, ["default"])
 
 
-@pytest.mark.parametrize("tasks", [TASKS["t5_backbone"], PROMPT_TASKS])
+@pytest.mark.parametrize(
+    "tasks", [TASKS["t5_backbone"], PROMPT_TASKS, PREFIX_TASKS["t5_backbone"]]
+)
 def test_t5_cached_generate_decodes_each_example_with_its_adapter(tasks):
     """`generate` (keras-hub's cached decoder, compiled as keras-hub
     compiles it) picks, at every step of every row, the greedy token of

@@ -25,6 +25,16 @@ SWITCHABLE = {
         keras_peft.LoRAConfig(rank=2),
     ],
     "lora": lambda: keras_peft.LoRAConfig(rank=4, alpha=8),
+    "prefix": lambda: keras_peft.PrefixTuningConfig(length=3, reparam=False),
+    "prefix_and_lora": lambda: [
+        keras_peft.PrefixTuningConfig(length=3, reparam=False),
+        keras_peft.LoRAConfig(rank=2, targets="ffn"),
+    ],
+    # MAM with its prefix trained directly: a prefix MLP cannot be
+    # switched (it is ejected before joining other adapters).
+    "mam": lambda: keras_peft.MAMConfig(
+        prefix_length=3, bottleneck=4, reparam=False, activation="gelu"
+    ),
     "lora_ffn_and_adapter": lambda: [
         keras_peft.LoRAConfig(rank=2, targets="ffn"),
         keras_peft.AdapterConfig(bottleneck=4, activation="gelu"),
@@ -86,6 +96,9 @@ def _outputs_by_name(model, case):
         ("t5_backbone", ("lora", "adapters")),
         ("bert_classifier", ("prompt", "prompt_and_lora")),
         ("t5_backbone", ("prompt", "prompt_and_lora")),
+        # The LoRA adapter has no prefix: the others' are masked out.
+        ("bert_classifier", ("prefix", "mam", "lora")),
+        ("t5_backbone", ("prefix", "prefix_and_lora", "lora")),
     ],
 )
 def test_each_adapter_computes_what_it_computes_alone(
@@ -350,7 +363,8 @@ def test_bad_names_and_deleting_the_active_adapter_leave_the_model():
         ),
         (
             lambda: keras_peft.PrefixTuningConfig(length=2),
-            "PrefixAttention.*cannot be switched off",
+            "PrefixAttention, PrefixReparametrization layers cannot be "
+            "switched off.*once ejected.*reparam=False",
         ),
         (lambda: keras_peft.BitFitConfig(), "variables of the base model"),
         (
@@ -367,6 +381,29 @@ def test_an_adapter_that_cannot_join_leaves_the_model(second, match):
         keras_peft.apply(model, second(), name="b")
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
     assert keras_peft.adapter_names(model) == ("a",)
+
+
+def test_a_prefix_that_cannot_share_a_layer_leaves_the_model():
+    """A prefix of another length fails once planned (its layers patched
+    the attention layers): the model computes as before."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(case, [("a", SWITCHABLE["prefix"]())])
+    before, outputs = helpers.snapshot(model), case.outputs(model)
+    with pytest.raises(
+        ValueError, match="length='2' instead of '3'.*a prefix's length"
+    ):
+        keras_peft.apply(
+            model,
+            keras_peft.PrefixTuningConfig(length=2, reparam=False),
+            name="b",
+        )
+    helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+    helpers.assert_outputs_equal(case.outputs(model), outputs)
+    reparam = keras_peft.apply(
+        case.build(), keras_peft.PrefixTuningConfig(length=3)
+    )
+    with pytest.raises(ValueError, match="eject_prefix"):
+        keras_peft.apply(reparam, SWITCHABLE["lora"](), name="b")
 
 
 def test_no_second_adapter_without_a_prompt_or_beside_base_training():
@@ -437,6 +474,7 @@ def test_merging_is_refused_while_several_adapters_share_a_layer():
         ("bert_classifier", ("lora", "adapters")),
         ("t5_backbone", ("lora", "adapters")),
         ("t5_seq2seq", ("prompt", "prompt_and_lora")),
+        ("bert_classifier", ("prefix", "mam")),
     ],
 )
 def test_keras_file_round_trip_keeps_every_adapter(
@@ -479,6 +517,7 @@ LAYOUTS = {
     "mh_attn": lambda: keras_peft.AdapterConfig(
         bottleneck=4, location="attn", parallel=True, multi_head=True
     ),
+    "prefix": lambda: keras_peft.PrefixTuningConfig(length=2, reparam=False),
 }
 
 

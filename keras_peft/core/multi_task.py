@@ -310,8 +310,10 @@ def multi_task(model, names):
     kinds = switching.unswitchable_kinds([context.model])
     if kinds:
         raise ValueError(
-            f"`multi_task` routes LoRA, the bottleneck adapters and prompts "
-            f"per example for now; {type(context.model).__name__} holds "
-            f"{kinds} layers."
+            f"`multi_task` routes LoRA, the bottleneck adapters, prompts "
+            f"and prefixes per example for now; "
+            f"{type(context.model).__name__} holds {kinds} layers (a "
+            "prefix trained through its MLP is ejected first: "
+            "`keras_peft.eject_prefix`)."
         )
     return MultiTaskModel(context.model, names)

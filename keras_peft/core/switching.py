@@ -64,12 +64,19 @@ def merged_lora_paths(root):
 
 def _check_not_fixed(name, others, kinds, whose):
     if kinds:
+        hint = ""
+        if "PrefixReparametrization" in kinds:
+            hint = (
+                " A prefix trained through its MLP (reparam=True) joins "
+                "other adapters once ejected (`keras_peft.eject_prefix` on "
+                "a model holding only it), or is trained with reparam=False."
+            )
         raise ValueError(
             f"Cannot add adapter {name!r} beside {others}: {whose} {kinds} "
             "layers cannot be switched off while another adapter acts. A "
             "model holding several named adapters takes LoRA, the "
-            "bottleneck adapters (sequential, parallel, multi-head) and "
-            "prompts for now."
+            "bottleneck adapters (sequential, parallel, multi-head), "
+            "prompts and prefixes (MAM included) for now." + hint
         )
 
 

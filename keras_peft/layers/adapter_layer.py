@@ -104,13 +104,13 @@ class AdapterLayer(keras.layers.Layer):
                 f"{list(self.slot_names)}; another adapter at this layer "
                 f"must match them, but has {differences}. Adapters sharing "
                 "a layer need the same method and settings (LoRA's rank "
-                "and alpha, a bottleneck's width and scale)."
+                "and alpha, a bottleneck's width and scale, a prefix's length)."
             )
 
     def slot_signature(self):
         """What adapters sharing this layer must agree on: its settings and
         its slot-0 variables' names, shapes and dtypes."""
-        config = self.get_config()
+        config = self.slot_settings()
         ignored = ("name", "dtype", "trainable", "base_layer", "merged")
         for key in ignored + tuple(self.slot_independent_settings):
             config.pop(key, None)
@@ -122,6 +122,11 @@ class AdapterLayer(keras.layers.Layer):
             for v in self._template_variables()
         ]
         return {key: repr(value) for key, value in config.items()}
+
+    def slot_settings(self):
+        """The settings `slot_signature` compares: `get_config()`, by
+        default (the base layer, name and initializers left out)."""
+        return self.get_config()
 
     def enable_switching(self):
         """Creates `active_slot` (pointing at slot 0). Idempotent."""

@@ -139,9 +139,15 @@ class PrefixAttention(Wrapper, AdapterLayer):
             original = functools.partial(
                 type(attention_layer)._compute_attention, attention_layer
             )
-            attention_layer._compute_attention = functools.partial(
+            # Another prefix layer's step, while this one is planned to
+            # become its slot (`add_slot`): given back on `release`.
+            self._previous_step = vars(attention_layer).get(
+                "_compute_attention"
+            )
+            self._attention_step = functools.partial(
                 self._compute_attention_with_prefix, original
             )
+            attention_layer._compute_attention = self._attention_step
 
     def build(self, *args, **kwargs):
         if self.built:
@@ -190,19 +196,62 @@ class PrefixAttention(Wrapper, AdapterLayer):
         finally:
             self._tracker.lock()
 
+    @property
+    def switchable(self):
+        # A prefix computed by a shared MLP has no variables of its own to
+        # hold in slots: it is ejected first.
+        return self.prefix_source is None
+
+    def slot_settings(self):
+        # Not `get_config()`: a T5 attention layer has none to give.
+        return {"length": self.length}
+
+    def _switched(self):
+        return self.active_slot is not None or self.routed
+
+    def _acting_prefix(self):
+        """The prefix to compute with: `prefix()`, or while switched the
+        active slot's (zeros for none), each `(batch, l, heads, dim)` while
+        routed per example."""
+        if self.prefix_source is not None:
+            return self.prefix()
+        return self.slot_values(self.prefix_key, self.prefix_value)
+
+    def _prefix_acts(self):
+        """Whether the prefix acts: `None` while the layer holds one
+        adapter (it always acts); else a bool, scalar or one per example
+        while routed, false where the adapter computing holds no slot here.
+
+        A prefix cannot be switched off by zeros, as other adapters are:
+        zero keys still take a share of the attention. Its keys are masked
+        out instead."""
+        if not self._switched():
+            return None
+        return ops.less(self._slot_index(), max(len(self.slot_names), 1))
+
     def _batched_prefix(self, batch_size, dtype):
-        keys, values = self.prefix()
-        keys = ops.cast(keys, dtype)[None]
-        values = ops.cast(values, dtype)[None]
+        keys, values = (ops.cast(v, dtype) for v in self._acting_prefix())
+        if self.routed:
+            return keys, values
         return (
-            ops.broadcast_to(keys, (batch_size, *keys.shape[1:])),
-            ops.broadcast_to(values, (batch_size, *values.shape[1:])),
+            ops.broadcast_to(keys[None], (batch_size, *keys.shape)),
+            ops.broadcast_to(values[None], (batch_size, *values.shape)),
         )
 
     def _batched_prefix_cache(self, batch_size, dtype):
         """The prefix as a T5 cache, `(batch, 2, length, heads, dim)`."""
-        cache = ops.stack([ops.cast(v, dtype) for v in self.prefix()])[None]
-        return ops.broadcast_to(cache, (batch_size, *cache.shape[1:]))
+        return ops.stack(self._batched_prefix(batch_size, dtype), axis=1)
+
+    def _prefix_mask(self, shape, dtype):
+        """The attention mask's `length` prefix columns, of `shape`
+        (`(batch, ..., length)`): ones, or, while switched, where the prefix
+        acts."""
+        acts = self._prefix_acts()
+        if acts is None:
+            return ops.ones(shape, dtype)
+        if self.routed:
+            acts = ops.reshape(acts, (-1,) + (1,) * (len(shape) - 1))
+        return ops.cast(ops.broadcast_to(acts, shape), dtype)
 
     def _compute_attention_with_prefix(
         self,
@@ -229,20 +278,31 @@ class PrefixAttention(Wrapper, AdapterLayer):
         prefix_key, prefix_value = self._batched_prefix(
             ops.shape(key)[0], key.dtype
         )
+        batch_size = ops.shape(key)[0]
+        query_length, key_length = ops.shape(query)[1], ops.shape(key)[1]
         if use_causal_mask and attention_mask is None:
-            query_length, key_length = ops.shape(query)[1], ops.shape(key)[1]
             attention_mask = ops.tril(
                 ops.ones((1, query_length, key_length), "bool"),
                 k=key_length - query_length,
             )
+        if attention_mask is None and self._switched():
+            # Masking the prefix out needs a mask.
+            attention_mask = ops.ones((1, query_length, key_length), "bool")
         key = ops.concatenate([prefix_key, key], axis=1)
         value = ops.concatenate([prefix_value, value], axis=1)
         if attention_mask is not None:
-            ones = ops.ones(
+            if self.routed:
+                attention_mask = ops.broadcast_to(
+                    attention_mask,
+                    (batch_size, *ops.shape(attention_mask)[1:]),
+                )
+            prefix_mask = self._prefix_mask(
                 (*ops.shape(attention_mask)[:-1], self.length),
                 attention_mask.dtype,
             )
-            attention_mask = ops.concatenate([ones, attention_mask], axis=-1)
+            attention_mask = ops.concatenate(
+                [prefix_mask, attention_mask], axis=-1
+            )
         return original(
             query, key, value, attention_mask, training, return_attention_scores
         )
@@ -274,10 +334,23 @@ class PrefixAttention(Wrapper, AdapterLayer):
         )
 
     def release(self):
-        """Gives the attention layer back its own attention step and flags."""
-        if "_compute_attention" in vars(self.base_layer):
-            del self.base_layer._compute_attention
+        """Gives the attention layer back the attention step it had (its
+        own) and its flags."""
+        base = self.base_layer
+        step = getattr(self, "_attention_step", None)
+        if step is not None and vars(base).get("_compute_attention") is step:
+            if self._previous_step is None:
+                del base._compute_attention
+            else:
+                base._compute_attention = self._previous_step
         return super().release()
+
+    def add_slot(self, name, source):
+        super().add_slot(name, source)
+        # `source` was built around the same attention layer and took over
+        # its attention step; from now on this layer computes its prefix.
+        if source.base_layer is self.base_layer:
+            source.release()
 
     def get_config(self):
         if self.prefix_source is not None:
@@ -399,21 +472,39 @@ class T5PrefixAttention(PrefixAttention):
                     )
                 else:
                     position_bias = position_bias + (1.0 - mask) * _T5_MASK_BIAS
-        # Prefix keys have no position: their bias is 0. The bias passed on
-        # to the next layer of the stack stays without the prefix columns,
-        # so wrapped and plain layers can follow one another.
-        zeros = ops.zeros(
-            (*ops.shape(position_bias)[:-1], self.length),
-            position_bias.dtype,
-        )
+        # Prefix keys have no position: their bias is 0 (or the mask's fill
+        # where the prefix is switched off). The bias passed on to the next
+        # layer of the stack stays without the prefix columns, so wrapped
+        # and plain layers can follow one another.
         outputs, _, _ = base(
             hidden_states,
             key_value_states=key_value_states,
-            position_bias=ops.concatenate([zeros, position_bias], axis=-1),
+            position_bias=self._with_prefix_bias(position_bias, batch_size),
             cache=extended_cache,
             training=training,
         )
         return outputs, position_bias, new_cache
+
+    def _with_prefix_bias(self, position_bias, batch_size):
+        """`position_bias` with the prefix columns in front."""
+        leading = ops.shape(position_bias)[:-1]
+        if self.routed:
+            leading = (batch_size, *leading[1:])
+            position_bias = ops.broadcast_to(
+                position_bias, (*leading, ops.shape(position_bias)[-1])
+            )
+        shape = (*leading, self.length)
+        dtype = position_bias.dtype
+        if self._switched():
+            fill = (
+                _T5_MASK_BIAS_FLOAT16
+                if keras.backend.standardize_dtype(dtype) == "float16"
+                else _T5_MASK_BIAS
+            )
+            prefix_bias = (1.0 - self._prefix_mask(shape, dtype)) * fill
+        else:
+            prefix_bias = ops.zeros(shape, dtype)
+        return ops.concatenate([prefix_bias, position_bias], axis=-1)
 
     def _sized_for_source(self, cache, key_value_states, extra):
         """Whether a cross-attention cache statically spans the source."""
