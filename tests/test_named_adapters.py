@@ -404,6 +404,36 @@ def test_a_prefix_that_cannot_share_a_layer_leaves_the_model():
     )
     with pytest.raises(ValueError, match="eject_prefix"):
         keras_peft.apply(reparam, SWITCHABLE["lora"](), name="b")
+    ejected = case.outputs(keras_peft.eject_prefix(reparam))
+    keras_peft.apply(reparam, SWITCHABLE["prefix"](), name="b")
+    # Ejected, the prefix is a slot like any other: the same values.
+    helpers.assert_outputs_equal(case.outputs(reparam), ejected)
+
+
+def test_prefixes_trained_through_their_mlp_load_beside_each_other(
+    tmp_path,
+):
+    """The serving path for prefixes trained with reparam=True (MAM's
+    default): each saved alone (the computed prefix) loads by name beside
+    the others and switches to its own outputs."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    expected = {}
+    for index, config in enumerate(
+        [
+            keras_peft.MAMConfig(prefix_length=3, bottleneck=4),
+            keras_peft.PrefixTuningConfig(length=3, reparam_hidden=8),
+        ]
+    ):
+        model = keras_peft.apply(case.build(), config)
+        _randomize(model, model.trainable_weights, index)
+        expected[f"t{index}"] = case.outputs(model)
+        keras_peft.save_adapter(model, tmp_path / f"t{index}")
+    served = case.build()
+    for name in expected:
+        keras_peft.load_adapter(served, str(tmp_path / name), name=name)
+    for name, outputs in _outputs_by_name(served, case).items():
+        # The prefix was computed by the MLP and stored in float32.
+        helpers.assert_outputs_close(outputs, expected[name], 1e-5)
 
 
 def test_no_second_adapter_without_a_prompt_or_beside_base_training():

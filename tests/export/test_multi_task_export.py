@@ -5,16 +5,19 @@ import os
 import keras
 import keras_hub
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras_peft
 from tests import helpers
+from tests.test_multi_task import PREFIX_TASKS
 from tests.test_multi_task import TASK_IDS
 from tests.test_multi_task import _server
 
 
-def test_a_multi_task_model_serves_every_task(tmp_path):
-    case, model, server, _ = _server("bert_classifier")
+@pytest.mark.parametrize("tasks", [None, PREFIX_TASKS["bert_classifier"]])
+def test_a_multi_task_model_serves_every_task(tmp_path, tasks):
+    case, model, server, _ = _server("bert_classifier", tasks)
     inputs = {**case.inputs(), "task_ids": TASK_IDS}
     expected = keras.ops.convert_to_numpy(server(inputs))
     before = helpers.snapshot(model)
