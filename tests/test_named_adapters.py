@@ -25,6 +25,11 @@ SWITCHABLE = {
         keras_peft.LoRAConfig(rank=2),
     ],
     "lora": lambda: keras_peft.LoRAConfig(rank=4, alpha=8),
+    # Other ranks and scales than "lora" at the same layers.
+    "lora_rank2": lambda: keras_peft.LoRAConfig(
+        rank=2, alpha=3, use_rslora=True
+    ),
+    "lora_rank6": lambda: keras_peft.LoRAConfig(rank=6, alpha=12),
     "prefix": lambda: keras_peft.PrefixTuningConfig(length=3, reparam=False),
     "prefix_and_lora": lambda: [
         keras_peft.PrefixTuningConfig(length=3, reparam=False),
@@ -329,6 +334,54 @@ def test_delete_adapter_keeps_the_others_and_frees_their_layers():
     helpers.assert_outputs_close(case.outputs(model), expected["c"], 1e-6)
 
 
+def test_lora_adapters_of_other_ranks_share_a_layer(tmp_path):
+    """Each slot keeps its rank and scale (padded with zero components
+    where slots are stacked): every adapter computes what it computes
+    alone, also after the adapter of slot 0 is deleted (its variables
+    are made anew in another shape) and through a `.keras` file."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    methods = {"a": "lora", "b": "lora_rank2", "c": "lora_rank6"}
+    model = _named_model(
+        case, [(name, SWITCHABLE[m]()) for name, m in methods.items()]
+    )
+    layer = next(
+        layer for layer in _adapter_layers(model) if layer.method == "lora"
+    )
+    assert [tuple(v.shape)[-1] for v in layer.adapter_variables[::2]] == [
+        4,
+        2,
+        6,
+    ]
+    expected = _outputs_by_name(model, case)
+    for name in methods:
+        keras_peft.save_adapter(model, tmp_path / name, name=name)
+        alone = case.build()
+        keras_peft.load_adapter(alone, str(tmp_path / name))
+        # Padded: sums over more (zero) rank components.
+        helpers.assert_outputs_close(case.outputs(alone), expected[name], 1e-6)
+    server = keras_peft.multi_task(model, list(methods))
+    ids = np.array([2, 0, 1, 2], "int32")
+    rows = helpers.numpy(server({**case.inputs(), "task_ids": ids}))
+    for row, task in enumerate(ids):
+        helpers.assert_outputs_close(
+            rows[row], expected["abc"[task]][row], 1e-5
+        )
+    keras_peft.set_active(model, "c")
+    keras_peft.delete_adapter(model, "a")
+    assert layer.slot_names == ("b", "c") and layer.rank == 2
+    assert layer.lora_a.path.endswith("/lora_a")
+    assert tuple(layer.lora_a.shape)[-1] == 2
+    for name, outputs in _outputs_by_name(model, case).items():
+        helpers.assert_outputs_close(outputs, expected[name], 1e-6)
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    for name, outputs in _outputs_by_name(restored, case).items():
+        helpers.assert_outputs_close(outputs, expected[name], 1e-6)
+    keras_peft.delete_adapter(model, "b")
+    keras_peft.merge_lora(model)
+    helpers.assert_outputs_close(case.outputs(model), expected["c"], 1e-5)
+
+
 def test_bad_names_and_deleting_the_active_adapter_leave_the_model():
     case = helpers.MODEL_CASES["bert_classifier"]
     model = _named_model(
@@ -356,7 +409,10 @@ def test_bad_names_and_deleting_the_active_adapter_leave_the_model():
 @pytest.mark.parametrize(
     "second, match",
     [
-        (lambda: keras_peft.LoRAConfig(rank=2, alpha=8), "rank='2' instead"),
+        (
+            lambda: keras_peft.LoRAConfig(rank=4, alpha=8, dropout=0.1),
+            "dropout='0.1' instead of '0.0'",
+        ),
         (
             lambda: keras_peft.PromptTuningConfig(length=2, init="random"),
             "'b' has a prompt and the adapters \\['a'\\] have none",

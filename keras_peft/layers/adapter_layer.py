@@ -37,6 +37,12 @@ class AdapterLayer(keras.layers.Layer):
     switchable = False
     # Settings that may differ between adapters sharing the layer.
     slot_independent_settings = ()
+    # Settings each slot keeps its own (LoRA's rank and alpha): they may
+    # differ between adapters sharing the layer. They size the variables
+    # along `padded_axes` (variable name to axis): slots are padded with
+    # zeros to one shape where they are stacked.
+    per_slot_settings = ()
+    padded_axes = {}
 
     @property
     def wrapped_layer(self):
@@ -103,30 +109,61 @@ class AdapterLayer(keras.layers.Layer):
                 f"{type(self).__name__} {self.path!r} holds the adapters "
                 f"{list(self.slot_names)}; another adapter at this layer "
                 f"must match them, but has {differences}. Adapters sharing "
-                "a layer need the same method and settings (LoRA's rank "
-                "and alpha, a bottleneck's width and scale, a prefix's length)."
+                "a layer need the same method and settings (LoRA's dropout, "
+                "a bottleneck's width, activation and scale, a prefix's "
+                "length; LoRA's rank and alpha may differ)."
             )
 
     def slot_signature(self):
         """What adapters sharing this layer must agree on: its settings and
         its slot-0 variables' names, shapes and dtypes."""
-        config = self.slot_settings()
+        config = self.signature_config()
         ignored = ("name", "dtype", "trainable", "base_layer", "merged")
-        for key in ignored + tuple(self.slot_independent_settings):
+        for key in (
+            ignored
+            + tuple(self.slot_independent_settings)
+            + tuple(self.per_slot_settings)
+        ):
             config.pop(key, None)
         for key in [k for k in config if k.endswith("initializer")]:
             # How a slot started does not matter once it holds values.
             del config[key]
         config["variables"] = [
-            (v.name, tuple(v.shape), str(v.dtype))
+            (v.name, self._unpadded_shape(v.name, v.shape), str(v.dtype))
             for v in self._template_variables()
         ]
         return {key: repr(value) for key, value in config.items()}
 
-    def slot_settings(self):
+    def _unpadded_shape(self, name, shape):
+        """`shape`, `None` on the axis the per-slot settings size."""
+        shape = list(shape)
+        axis = self.padded_axes.get(name)
+        if axis is not None:
+            shape[axis] = None
+        return tuple(shape)
+
+    def signature_config(self):
         """The settings `slot_signature` compares: `get_config()`, by
         default (the base layer, name and initializers left out)."""
         return self.get_config()
+
+    def slot_setting(self, slot, key):
+        """The value of per-slot setting `key` in slot `slot`."""
+        if slot == 0:
+            return getattr(self, key)
+        return self.__dict__["_slot_settings"][slot - 1][key]
+
+    def _set_slot_settings(self, slot, settings):
+        if slot == 0:
+            for key, value in settings.items():
+                setattr(self, key, value)
+        else:
+            self.__dict__["_slot_settings"][slot - 1] = dict(settings)
+
+    def _settings_of(self, slot):
+        return {
+            key: self.slot_setting(slot, key) for key in self.per_slot_settings
+        }
 
     def enable_switching(self):
         """Creates `active_slot` (pointing at slot 0). Idempotent."""
@@ -160,23 +197,31 @@ class AdapterLayer(keras.layers.Layer):
     def add_slot(self, name, source):
         """Adds a slot for adapter `name` holding copies of `source`'s slot-0
         values (`check_slot_source` passed)."""
+        values = [ops.convert_to_numpy(v) for v in source.slot_variables(0)]
+        self._add_bank(name, values)
+        settings = list(self.__dict__.get("_slot_settings", []))
+        self.__dict__["_slot_settings"] = settings + [
+            {key: getattr(source, key) for key in self.per_slot_settings}
+        ]
+        self.set_slot_names(self.slot_names + (name,))
+
+    def _add_bank(self, name, values):
+        """Adds slot variables named `<variable>__<name>` holding `values`
+        (in slot 0's order, each of its own shape)."""
         variables = []
         with self._unlocked():
-            for variable, value in zip(
-                self._template_variables(), source.slot_variables(0)
-            ):
+            for variable, value in zip(self._template_variables(), values):
                 variables.append(
                     self.add_weight(
                         name=f"{variable.name}__{name}",
-                        shape=variable.shape,
+                        shape=value.shape,
                         dtype=variable.dtype,
-                        initializer=_constant(ops.convert_to_numpy(value)),
+                        initializer=_constant(value),
                         trainable=variable.trainable,
                     )
                 )
         banks = list(self.__dict__.get("_slot_banks", []))
         self.__dict__["_slot_banks"] = banks + [variables]
-        self.set_slot_names(self.slot_names + (name,))
 
     def remove_slot(self, name):
         """Drops the slot of adapter `name` and its variables. Slot 0 (the
@@ -189,23 +234,70 @@ class AdapterLayer(keras.layers.Layer):
                 "remove the layer instead."
             )
         if slot == 0:
-            for variable, value in zip(
-                self.slot_variables(0), self.slot_variables(1)
-            ):
-                variable.assign(value)
-            names = list(self.slot_names)
-            names[0], names[1] = names[1], names[0]
-            self.set_slot_names(names)
-            slot, name = 1, names[1]
+            self._swap_first_slots()
+            slot, name = 1, self.slot_names[1]
         banks = list(self.__dict__["_slot_banks"])
         dropped = banks.pop(slot - 1)
         with self._unlocked():
             for variable in dropped:
                 self._tracker.untrack(variable)
         self.__dict__["_slot_banks"] = banks
+        settings = list(self.__dict__.get("_slot_settings", []))
+        settings.pop(slot - 1)
+        self.__dict__["_slot_settings"] = settings
         names = list(self.slot_names)
         names.pop(slot)
         self.set_slot_names(names)
+
+    def _swap_first_slots(self):
+        """Swaps slots 0 and 1: values, per-slot settings and names."""
+        first, second = self.slot_variables(0), self.slot_variables(1)
+        first_settings, second_settings = (
+            self._settings_of(0),
+            self._settings_of(1),
+        )
+        names = list(self.slot_names)
+        if [tuple(v.shape) for v in first] == [tuple(v.shape) for v in second]:
+            values = [ops.convert_to_numpy(v) for v in first]
+            for variable, value in zip(first, second):
+                variable.assign(value)
+            for variable, value in zip(second, values):
+                variable.assign(value)
+        else:
+            self._rebuild_slots([1, 0] + list(range(2, len(names))))
+        self._set_slot_settings(0, second_settings)
+        self._set_slot_settings(1, first_settings)
+        names[0], names[1] = names[1], names[0]
+        self.set_slot_names(names)
+
+    def _rebuild_slots(self, order):
+        """Makes every slot variable anew, slot `order[k]`'s values in
+        slot `k` (variables of other shapes cannot be assigned), in the
+        order a layer built slot by slot has them."""
+        slots = [self.slot_variables(s) for s in range(len(order))]
+        values = [[ops.convert_to_numpy(v) for v in slots[s]] for s in order]
+        template = slots[0]
+        names = [self.slot_names[s] for s in order]
+        attributes = {
+            id(value): key
+            for key, value in vars(self).items()
+            if any(value is v for v in template)
+        }
+        with self._unlocked():
+            for variable in [v for slot in slots for v in slot]:
+                self._tracker.untrack(variable)
+            for variable, value in zip(template, values[0]):
+                new = self.add_weight(
+                    name=variable.name,
+                    shape=value.shape,
+                    dtype=variable.dtype,
+                    initializer=_constant(value),
+                    trainable=variable.trainable,
+                )
+                object.__setattr__(self, attributes[id(variable)], new)
+        self.__dict__["_slot_banks"] = []
+        for name, slot_values in zip(names[1:], values[1:]):
+            self._add_bank(name, slot_values)
 
     def select(self, name):
         """Points `active_slot` at adapter `name`'s slot, or at no slot when
@@ -260,10 +352,33 @@ class AdapterLayer(keras.layers.Layer):
         for variable in variables:
             i = position[id(variable)]
             # `.value`: read as the layer reads its variables (autocast).
-            candidates = [v.value for v in [variable] + [b[i] for b in banks]]
+            candidates = [
+                self.slot_candidate(template[i].name, slot, v.value)
+                for slot, v in enumerate([variable] + [b[i] for b in banks])
+            ]
+            candidates = self._padded(template[i].name, candidates)
             candidates.append(ops.zeros_like(candidates[0]))
             values.append(ops.take(ops.stack(candidates), index, axis=0))
         return tuple(values) if len(values) > 1 else values[0]
+
+    def slot_candidate(self, name, slot, value):
+        """What slot `slot` contributes for variable `name` (slot 0's
+        name) to the stack `slot_values` takes from; `value` by default."""
+        return value
+
+    def _padded(self, name, candidates):
+        axis = self.padded_axes.get(name)
+        if axis is None:
+            return candidates
+        size = max(c.shape[axis] for c in candidates)
+        padded = []
+        for candidate in candidates:
+            width = [[0, 0] for _ in candidate.shape]
+            width[axis][1] = size - candidate.shape[axis]
+            padded.append(
+                ops.pad(candidate, width) if width[axis][1] else candidate
+            )
+        return padded
 
 
 def _constant(value):

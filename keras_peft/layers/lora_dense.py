@@ -158,6 +158,10 @@ class LoRADense(Wrapper, AdapterLayer):
     switchable = True
     # Moved from the base layer, which every adapter at the layer shares.
     slot_independent_settings = ("activation",)
+    # Adapters of other ranks and scales share the layer: each slot keeps
+    # its own, padded with zero rank components where slots are stacked.
+    per_slot_settings = ("rank", "alpha", "use_rslora")
+    padded_axes = {"lora_a": -1, "lora_b": 0}
 
     def __init__(
         self,
@@ -237,9 +241,22 @@ class LoRADense(Wrapper, AdapterLayer):
     @property
     def scale(self):
         """The factor the update `x @ A @ B` is multiplied by."""
-        if self.use_rslora:
-            return self.alpha / math.sqrt(self.rank)
-        return self.alpha / self.rank
+        return self.slot_scale(0)
+
+    def slot_scale(self, slot):
+        """The scale of slot `slot`'s update (its own rank and alpha)."""
+        rank = self.slot_setting(slot, "rank")
+        alpha = self.slot_setting(slot, "alpha")
+        if self.slot_setting(slot, "use_rslora"):
+            return alpha / math.sqrt(rank)
+        return alpha / rank
+
+    def slot_candidate(self, name, slot, value):
+        # Each slot's B is scaled by its own scale before slots are
+        # stacked; a layer with one adapter scales it in `call`.
+        if name == "lora_b":
+            return ops.multiply(value, self.slot_scale(slot))
+        return value
 
     def _equations(self, input_rank=None):
         equation = getattr(self.base_layer, "equation", _DENSE_EQUATION)
@@ -282,9 +299,12 @@ class LoRADense(Wrapper, AdapterLayer):
             inputs = ops.cast(inputs, self.compute_dtype)
         lora_a, lora_b = self.slot_values(self.lora_a, self.lora_b)
         # Scaling the small B, not the activation-sized update, saves a
-        # full-size multiply per call.
+        # full-size multiply per call. Switched, `slot_values` scaled each
+        # slot's B by its own scale.
+        if self.active_slot is None and not self.routed:
+            lora_b = ops.multiply(lora_b, self.scale)
         lora_a = ops.cast(lora_a, inputs.dtype)
-        lora_b = ops.cast(ops.multiply(lora_b, self.scale), inputs.dtype)
+        lora_b = ops.cast(lora_b, inputs.dtype)
         equations = self._equations(len(inputs.shape))
         if (
             (self.dropout_layer is not None and training)

@@ -202,7 +202,7 @@ class PrefixAttention(Wrapper, AdapterLayer):
         # hold in slots: it is ejected first.
         return self.prefix_source is None
 
-    def slot_settings(self):
+    def signature_config(self):
         # Not `get_config()`: a T5 attention layer has none to give.
         return {"length": self.length}
 
