@@ -30,6 +30,26 @@ SWITCHABLE = {
         rank=2, alpha=3, use_rslora=True
     ),
     "lora_rank6": lambda: keras_peft.LoRAConfig(rank=6, alpha=12),
+    # "adapters"' parallel (FFN, attention) and multi-head layers, other
+    # widths and fixed scales.
+    "adapters_wide": lambda: [
+        keras_peft.AdapterConfig(
+            bottleneck=6,
+            location="both",
+            parallel=True,
+            scale="learned",
+            activation="gelu",
+        ),
+        keras_peft.AdapterConfig(
+            bottleneck=2,
+            location="attn",
+            parallel=True,
+            multi_head=True,
+            activation="gelu",
+            scale=0.5,
+        ),
+        keras_peft.AdapterConfig(bottleneck=2, scale=3.0, activation="gelu"),
+    ],
     "prefix": lambda: keras_peft.PrefixTuningConfig(length=3, reparam=False),
     "prefix_and_lora": lambda: [
         keras_peft.PrefixTuningConfig(length=3, reparam=False),
@@ -334,30 +354,54 @@ def test_delete_adapter_keeps_the_others_and_frees_their_layers():
     helpers.assert_outputs_close(case.outputs(model), expected["c"], 1e-6)
 
 
-def test_lora_adapters_of_other_ranks_share_a_layer(tmp_path):
-    """Each slot keeps its rank and scale (padded with zero components
-    where slots are stacked): every adapter computes what it computes
-    alone, also after the adapter of slot 0 is deleted (its variables
-    are made anew in another shape) and through a `.keras` file."""
+@pytest.mark.parametrize(
+    "methods, kind, widths",
+    [
+        (
+            {"a": "lora", "b": "lora_rank2", "c": "lora_rank6"},
+            "lora",
+            [4, 2, 6],
+        ),
+        (
+            {
+                "a": "adapters",
+                "b": "adapters_wide",
+                "c": "lora_ffn_and_adapter",
+            },
+            "adapter",
+            [4, 6],
+        ),
+    ],
+)
+def test_adapters_of_other_ranks_and_widths_share_a_layer(
+    methods, kind, widths, tmp_path
+):
+    """Each slot keeps its LoRA rank and scale, or its bottleneck width and
+    scale (padded with zero components where slots are stacked): every
+    adapter computes what it computes alone, also after the adapter of
+    slot 0 is deleted (its variables are made anew in another shape) and
+    through a `.keras` file."""
     case = helpers.MODEL_CASES["bert_classifier"]
-    methods = {"a": "lora", "b": "lora_rank2", "c": "lora_rank6"}
     model = _named_model(
         case, [(name, SWITCHABLE[m]()) for name, m in methods.items()]
     )
     layer = next(
-        layer for layer in _adapter_layers(model) if layer.method == "lora"
+        layer
+        for layer in _adapter_layers(model)
+        if layer.method == kind and len(layer.slot_names) > 1
     )
-    assert [tuple(v.shape)[-1] for v in layer.adapter_variables[::2]] == [
-        4,
-        2,
-        6,
-    ]
+    first = layer.adapter_variables[0].name
+    assert [
+        tuple(v.shape)[-1]
+        for v in layer.adapter_variables
+        if v.name.split("__")[0] == first
+    ] == widths
     expected = _outputs_by_name(model, case)
     for name in methods:
         keras_peft.save_adapter(model, tmp_path / name, name=name)
         alone = case.build()
         keras_peft.load_adapter(alone, str(tmp_path / name))
-        # Padded: sums over more (zero) rank components.
+        # Padded: sums over more (zero) components.
         helpers.assert_outputs_close(case.outputs(alone), expected[name], 1e-6)
     server = keras_peft.multi_task(model, list(methods))
     ids = np.array([2, 0, 1, 2], "int32")
@@ -368,9 +412,10 @@ def test_lora_adapters_of_other_ranks_share_a_layer(tmp_path):
         )
     keras_peft.set_active(model, "c")
     keras_peft.delete_adapter(model, "a")
-    assert layer.slot_names == ("b", "c") and layer.rank == 2
-    assert layer.lora_a.path.endswith("/lora_a")
-    assert tuple(layer.lora_a.shape)[-1] == 2
+    assert layer.slot_names[0] == "b"
+    own = layer.slot_variables(0)[0]
+    assert own.path.endswith(f"/{first}")
+    assert tuple(own.shape)[-1] == widths[1]
     for name, outputs in _outputs_by_name(model, case).items():
         helpers.assert_outputs_close(outputs, expected[name], 1e-6)
     model.save(tmp_path / "model.keras")
@@ -378,7 +423,8 @@ def test_lora_adapters_of_other_ranks_share_a_layer(tmp_path):
     for name, outputs in _outputs_by_name(restored, case).items():
         helpers.assert_outputs_close(outputs, expected[name], 1e-6)
     keras_peft.delete_adapter(model, "b")
-    keras_peft.merge_lora(model)
+    if kind == "lora":
+        keras_peft.merge_lora(model)
     helpers.assert_outputs_close(case.outputs(model), expected["c"], 1e-5)
 
 

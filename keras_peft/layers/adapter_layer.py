@@ -110,8 +110,9 @@ class AdapterLayer(keras.layers.Layer):
                 f"{list(self.slot_names)}; another adapter at this layer "
                 f"must match them, but has {differences}. Adapters sharing "
                 "a layer need the same method and settings (LoRA's dropout, "
-                "a bottleneck's width, activation and scale, a prefix's "
-                "length; LoRA's rank and alpha may differ)."
+                "a bottleneck's activation, a learned or fixed scale, a "
+                "prefix's length); LoRA ranks and alphas, bottleneck widths "
+                "and fixed scales may differ."
             )
 
     def slot_signature(self):

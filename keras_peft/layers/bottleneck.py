@@ -60,6 +60,11 @@ class Bottleneck(AdapterLayer):
 
     method = "adapter"
     switchable = True
+    # Adapters of other widths and fixed scales share the layer: each slot
+    # keeps its own, padded with zero bottleneck units where slots are
+    # stacked (a zero up-projection row: whatever f(0) is, it adds 0).
+    per_slot_settings = ("bottleneck", "scale")
+    padded_axes = {"down_kernel": -1, "down_bias": -1, "up_kernel": -2}
 
     def __init__(
         self,
@@ -161,6 +166,11 @@ class Bottleneck(AdapterLayer):
             variables.append(self.learned_scale)
         values = self.slot_values(*variables)
         down_kernel, down_bias, up_kernel, up_bias = values[:4]
+        if self.learned_scale is None and (
+            self.active_slot is not None or self.routed
+        ):
+            # `slot_candidate` scaled each slot by its own scale.
+            return down_kernel, down_bias, up_kernel, up_bias
         scale = self.scale if self.learned_scale is None else values[4]
         if self.learned_scale is not None and self.routed:
             # One scale per example: broadcast over its projections.
@@ -175,6 +185,12 @@ class Bottleneck(AdapterLayer):
             ops.multiply(up_kernel, scale),
             ops.multiply(up_bias, scale),
         )
+
+    def slot_candidate(self, name, slot, value):
+        scale = self.slot_setting(slot, "scale")
+        if name in ("up_kernel", "up_bias") and scale != LEARNED:
+            return ops.multiply(value, scale)
+        return value
 
     def delta(self, inputs):
         """`s * (f(inputs W_down + b_down) W_up + b_up)` in the input dtype."""
