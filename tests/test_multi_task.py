@@ -26,6 +26,8 @@ PREFIX_TASKS = {
     "bert_classifier": ("prefix", "lora", "mam"),
     "t5_backbone": ("prefix", "prefix_and_lora", "lora"),
 }
+# Prefixes computed by their MLPs (one MLP layer, a slot each).
+PREFIX_MLP_TASKS = ("prefix_mlp", "lora", "mam_mlp")
 # Three tasks over a batch of 4: every task, one twice.
 TASK_IDS = np.array([2, 0, 1, 2], "int32")
 
@@ -54,6 +56,7 @@ def _rows(outputs, index):
         ("t5_backbone", PROMPT_TASKS),
         ("bert_classifier", PREFIX_TASKS["bert_classifier"]),
         ("t5_backbone", PREFIX_TASKS["t5_backbone"]),
+        ("bert_classifier", PREFIX_MLP_TASKS),
     ],
 )
 def test_each_row_equals_its_task_run_alone(model_name, tasks):
@@ -79,7 +82,9 @@ def test_one_adapter_serves_as_the_model_computes():
     helpers.assert_outputs_close(helpers.numpy(outputs), case.outputs(model))
 
 
-@pytest.mark.parametrize("tasks", [None, PREFIX_TASKS["bert_classifier"]])
+@pytest.mark.parametrize(
+    "tasks", [None, PREFIX_TASKS["bert_classifier"], PREFIX_MLP_TASKS]
+)
 def test_mixed_batches_train_each_task_from_its_own_examples(tasks):
     case, model, server, _ = _server("bert_classifier", tasks)
     names = server.task_names
@@ -150,15 +155,16 @@ def test_bad_task_lists_are_refused():
         keras_peft.multi_task(model, [])
     with pytest.raises(TypeError, match="list of adapter names"):
         keras_peft.multi_task(model, name)
-    prefixed = keras_peft.apply(
-        case.build(), helpers.METHOD_CASES["prefix_tuning"].config(case)
-    )
-    with pytest.raises(ValueError, match="PrefixReparametrization.*eject"):
-        keras_peft.multi_task(prefixed, ["default"])
 
 
 @pytest.mark.parametrize(
-    "tasks", [TASKS["t5_backbone"], PROMPT_TASKS, PREFIX_TASKS["t5_backbone"]]
+    "tasks",
+    [
+        TASKS["t5_backbone"],
+        PROMPT_TASKS,
+        PREFIX_TASKS["t5_backbone"],
+        PREFIX_MLP_TASKS,
+    ],
 )
 def test_t5_cached_generate_decodes_each_example_with_its_adapter(tasks):
     """`generate` (keras-hub's cached decoder, compiled as keras-hub

@@ -12,6 +12,7 @@ import pytest
 import keras_peft
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.lora_dense import LoRADense
+from keras_peft.layers.prefix_reparametrization import PrefixReparametrization
 from tests import helpers
 
 BACKEND = keras.backend.backend()
@@ -25,6 +26,13 @@ SWITCHABLE = {
         keras_peft.LoRAConfig(rank=2),
     ],
     "lora": lambda: keras_peft.LoRAConfig(rank=4, alpha=8),
+    # Prefixes trained through an MLP (one MLP layer, a slot each).
+    "prefix_mlp": lambda: keras_peft.PrefixTuningConfig(
+        length=3, reparam_hidden=8
+    ),
+    "mam_mlp": lambda: keras_peft.MAMConfig(
+        prefix_length=3, bottleneck=4, reparam_hidden=8, activation="gelu"
+    ),
     # Other ranks and scales than "lora" at the same layers.
     "lora_rank2": lambda: keras_peft.LoRAConfig(
         rank=2, alpha=3, use_rslora=True
@@ -124,6 +132,7 @@ def _outputs_by_name(model, case):
         # The LoRA adapter has no prefix: the others' are masked out.
         ("bert_classifier", ("prefix", "mam", "lora")),
         ("t5_backbone", ("prefix", "prefix_and_lora", "lora")),
+        ("t5_backbone", ("prefix_mlp", "mam_mlp", "lora")),
     ],
 )
 def test_each_adapter_computes_what_it_computes_alone(
@@ -463,11 +472,6 @@ def test_bad_names_and_deleting_the_active_adapter_leave_the_model():
             lambda: keras_peft.PromptTuningConfig(length=2, init="random"),
             "'b' has a prompt and the adapters \\['a'\\] have none",
         ),
-        (
-            lambda: keras_peft.PrefixTuningConfig(length=2),
-            "PrefixAttention, PrefixReparametrization layers cannot be "
-            "switched off.*once ejected.*reparam=False",
-        ),
         (lambda: keras_peft.BitFitConfig(), "variables of the base model"),
         (
             lambda: keras_peft.LoRAConfig(rank=4, alpha=8, bias="lora_only"),
@@ -483,6 +487,55 @@ def test_an_adapter_that_cannot_join_leaves_the_model(second, match):
         keras_peft.apply(model, second(), name="b")
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
     assert keras_peft.adapter_names(model) == ("a",)
+
+
+def test_prefix_mlps_share_a_model_and_eject_together(tmp_path):
+    """Prefixes trained through their MLPs share one MLP layer (a slot
+    each): saved by name with or without the MLP, each loads alone to its
+    outputs; `eject_prefix` ejects every adapter's prefix; deleting an
+    adapter keeps the others'."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    methods = {"a": "prefix_mlp", "b": "mam_mlp", "c": "lora"}
+    model = _named_model(
+        case, [(name, SWITCHABLE[m]()) for name, m in methods.items()]
+    )
+    expected = _outputs_by_name(model, case)
+    for name in methods:
+        for keep in (False, True):
+            path = tmp_path / f"{name}_{keep}"
+            keras_peft.save_adapter(
+                model, path, name=name, keep_prefix_mlp=keep
+            )
+            alone = case.build()
+            keras_peft.load_adapter(alone, str(path))
+            # Computed prefixes are stored in float32, as the MLP's are.
+            helpers.assert_outputs_close(
+                case.outputs(alone), expected[name], 1e-6
+            )
+    keras_peft.set_active(model, "c")
+    keras_peft.delete_adapter(model, "a")
+    for name, outputs in _outputs_by_name(model, case).items():
+        helpers.assert_outputs_close(outputs, expected[name], 1e-6)
+    keras_peft.eject_prefix(model)
+    assert all(
+        not getattr(config, "reparam", False)
+        for name in ("b", "c")
+        for config in _configs_of(model, name)
+    )
+    for name, outputs in _outputs_by_name(model, case).items():
+        helpers.assert_outputs_close(outputs, expected[name], 1e-6)
+    assert not any(
+        isinstance(layer, PrefixReparametrization)
+        for layer in _adapter_layers(model)
+    )
+
+
+def _configs_of(model, name):
+    from keras_peft.core import architectures
+    from keras_peft.core import state as state_lib
+
+    backbone = architectures.resolve_model(model).backbone
+    return state_lib.get_state(backbone).adapters[name].configs
 
 
 def test_a_prefix_that_cannot_share_a_layer_leaves_the_model():
@@ -501,15 +554,44 @@ def test_a_prefix_that_cannot_share_a_layer_leaves_the_model():
         )
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
     helpers.assert_outputs_equal(case.outputs(model), outputs)
+    # A prefix trained through an MLP and one trained directly do not
+    # share a layer; once ejected, the prefix is a slot like any other.
     reparam = keras_peft.apply(
         case.build(), keras_peft.PrefixTuningConfig(length=3)
     )
-    with pytest.raises(ValueError, match="eject_prefix"):
-        keras_peft.apply(reparam, SWITCHABLE["lora"](), name="b")
+    with pytest.raises(ValueError, match="reparam='False' instead of 'True'"):
+        keras_peft.apply(reparam, SWITCHABLE["prefix"](), name="b")
     ejected = case.outputs(keras_peft.eject_prefix(reparam))
     keras_peft.apply(reparam, SWITCHABLE["prefix"](), name="b")
-    # Ejected, the prefix is a slot like any other: the same values.
     helpers.assert_outputs_equal(case.outputs(reparam), ejected)
+    # MLPs feeding other attention layers do not share one.
+    t5 = helpers.MODEL_CASES["t5_backbone"]
+    model = keras_peft.apply(
+        t5.build(), keras_peft.PrefixTuningConfig(length=3, reparam_hidden=8)
+    )
+    before = helpers.snapshot(model)
+    with pytest.raises(ValueError, match="feeds other attention layers"):
+        keras_peft.apply(
+            model,
+            keras_peft.PrefixTuningConfig(
+                length=3, reparam_hidden=8, attention=("encoder",)
+            ),
+            name="b",
+        )
+    helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+
+
+def test_a_layer_that_cannot_switch_is_refused(monkeypatch):
+    """A custom adapter layer that does not read its weights through
+    `slot_values` cannot share a model or serve `multi_task`."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(case, [("a", SWITCHABLE["lora"]())])
+    monkeypatch.setattr(LoRADense, "switchable", False)
+    with pytest.raises(ValueError, match="LoRADense layers cannot be switched"):
+        keras_peft.apply(model, SWITCHABLE["adapters"](), name="b")
+    with pytest.raises(ValueError, match="holds LoRADense layers"):
+        keras_peft.multi_task(model, ["a"])
+    assert keras_peft.adapter_names(model) == ("a",)
 
 
 def test_prefixes_trained_through_their_mlp_load_beside_each_other(

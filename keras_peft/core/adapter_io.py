@@ -143,7 +143,11 @@ def save_adapter(model, path, keep_prefix_mlp=False, name=None):
     computed = (
         []
         if keep_prefix_mlp
-        else eject.trained_reparametrized_prefixes(context.model)
+        else [
+            layer
+            for layer in eject.trained_reparametrized_prefixes(context.model)
+            if not layer.slot_names or name in layer.slot_names
+        ]
     )
     if computed:
         configs = eject.ejected_configs(configs)
@@ -223,14 +227,18 @@ def _saved_variables(model, computed, name):
                 str(variable.dtype),
                 _to_numpy(variable),
             )
-    layer_addresses = layer_tree.layer_addresses(model) if computed else {}
+    layer_addresses = (
+        switching.alone_layer_addresses(model, name) if computed else {}
+    )
     for layer in computed:
         dtype = keras.backend.standardize_dtype(layer.variable_dtype)
-        for name, value in zip(("prefix_key", "prefix_value"), layer.prefix()):
+        for key, value in zip(
+            ("prefix_key", "prefix_value"), layer.prefix(name)
+        ):
             value = np.asarray(keras.ops.convert_to_numpy(value))
             yield (
-                layer_addresses[id(layer)] + name,
-                f"{layer.path}/{name}",
+                layer_addresses[id(layer)] + key,
+                f"{layer.path}/{key}",
                 dtype,
                 value.astype(_stored_dtype(dtype)),
             )

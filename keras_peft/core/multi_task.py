@@ -312,8 +312,6 @@ def multi_task(model, names):
         raise ValueError(
             f"`multi_task` routes LoRA, the bottleneck adapters, prompts "
             f"and prefixes per example for now; "
-            f"{type(context.model).__name__} holds {kinds} layers (a "
-            "prefix trained through its MLP is ejected first: "
-            "`keras_peft.eject_prefix`)."
+            f"{type(context.model).__name__} holds {kinds} layers."
         )
     return MultiTaskModel(context.model, names)

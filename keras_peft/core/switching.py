@@ -64,19 +64,12 @@ def merged_lora_paths(root):
 
 def _check_not_fixed(name, others, kinds, whose):
     if kinds:
-        hint = ""
-        if "PrefixReparametrization" in kinds:
-            hint = (
-                " A prefix trained through its MLP (reparam=True) joins "
-                "other adapters once ejected (`keras_peft.eject_prefix` on "
-                "a model holding only it), or is trained with reparam=False."
-            )
         raise ValueError(
             f"Cannot add adapter {name!r} beside {others}: {whose} {kinds} "
             "layers cannot be switched off while another adapter acts. A "
             "model holding several named adapters takes LoRA, the "
             "bottleneck adapters (sequential, parallel, multi-head), "
-            "prompts and prefixes (MAM included) for now." + hint
+            "prompts and prefixes (MAM included) for now."
         )
 
 
@@ -300,6 +293,23 @@ def _alone_addresses(model, name, view, takes):
     host with none of `name`'s modules and no tap they read.
     """
     addresses = layer_tree.variable_addresses(model, view)
+    alone = _alone_rewriter(model, name, view, takes)
+    return {key: alone(address) for key, address in addresses.items()}
+
+
+def alone_layer_addresses(model, name):
+    """`layer_tree.layer_addresses(model)` as they would be in a model
+    holding adapter `name` alone."""
+    alone = _alone_rewriter(model, name, {}, {})
+    return {
+        key: alone(address)
+        for key, address in layer_tree.layer_addresses(model).items()
+    }
+
+
+def _alone_rewriter(model, name, view, takes):
+    """A function taking an address in `model` to the address it would
+    have in a model holding adapter `name` alone (`_alone_addresses`)."""
     prefixes = layer_tree.layer_addresses(model, view)
     layers = layer_tree.layers_in_order(model, view)
 
@@ -346,7 +356,7 @@ def _alone_addresses(model, name, view, takes):
                 address = own + address[len(inner) :]
         return address
 
-    return {key: alone(address) for key, address in addresses.items()}
+    return alone
 
 
 def host_modules(host):

@@ -31,6 +31,13 @@ def attention_dims(layer):
     )
 
 
+def _slot_of(layer, name):
+    """The slot of adapter `name` in `layer` (`None`: slot 0)."""
+    if name is None or not layer.slot_names:
+        return 0
+    return layer.slot_names.index(name)
+
+
 def _check_source(source, index, length, heads, head_dim):
     expected = (length, heads, head_dim)
     found = (source.length, source.num_heads, source.head_dim)
@@ -131,6 +138,8 @@ class PrefixAttention(Wrapper, AdapterLayer):
                 )
         self.prefix_source = prefix_source
         self.source_index = source_index
+        if prefix_source is not None:
+            prefix_source.serve(source_index, attention_layer)
         self.build()
         self.freeze_base()
         if isinstance(attention_layer, keras.layers.MultiHeadAttention):
@@ -171,40 +180,80 @@ class PrefixAttention(Wrapper, AdapterLayer):
             self.prefix_key.assign(values[0])
             self.prefix_value.assign(values[1])
 
-    def prefix(self):
-        """The prefix keys and values, each `(length, heads, head_dim)`."""
-        if self.prefix_source is not None:
-            return self.prefix_source.layer_prefix(self.source_index)
-        return self.prefix_key, self.prefix_value
+    def prefix(self, name=None):
+        """The prefix keys and values, each `(length, heads, head_dim)`.
+
+        Args:
+            name: str or `None`. The named adapter whose prefix to give;
+                `None`: the layer's first (slot 0).
+        """
+        source = self.prefix_source
+        if source is not None:
+            slot = _slot_of(source, name)
+            return source.layer_prefix(self.source_index, slot=slot)
+        return tuple(self.slot_variables(_slot_of(self, name)))
 
     def eject(self):
         """Keeps the computed prefix and drops the shared source.
 
         Replaces the reparametrization by its output for this layer: the
         layer computes the same, and from then on owns (and trains) just its
-        `2 * length * heads * head_dim` prefix values.
+        `2 * length * heads * head_dim` prefix values (per named adapter it
+        holds).
         """
         source = self.prefix_source
         if source is None:
             return
-        values = [ops.convert_to_numpy(v) for v in self.prefix()]
+        names = self.slot_names or (None,)
+        values = [
+            [ops.convert_to_numpy(v) for v in self.prefix(name)]
+            for name in names
+        ]
         self._tracker.unlock()
         try:
             self._tracker.untrack(source)
             self.prefix_source = None
-            self._add_prefix_weights("zeros", values)
+            self._add_prefix_weights("zeros", values[0])
         finally:
             self._tracker.lock()
+        self.__dict__["_slot_banks"] = []
+        for name, slot_values in zip(names[1:], values[1:]):
+            self._add_bank(name, slot_values)
 
-    @property
-    def switchable(self):
-        # A prefix computed by a shared MLP has no variables of its own to
-        # hold in slots: it is ejected first.
-        return self.prefix_source is None
+    switchable = True
 
     def signature_config(self):
         # Not `get_config()`: a T5 attention layer has none to give.
-        return {"length": self.length}
+        return {
+            "length": self.length,
+            "reparam": self.prefix_source is not None,
+        }
+
+    def _template_variables(self):
+        # A shared MLP's variables are its own slots', not this layer's.
+        variables = super()._template_variables()
+        if self.prefix_source is None:
+            return variables
+        theirs = {id(v) for v in self.prefix_source.weights}
+        return [v for v in variables if id(v) not in theirs]
+
+    def check_slot_source(self, source):
+        super().check_slot_source(source)
+        mine, theirs = self.prefix_source, source.prefix_source
+        if mine is None:
+            return
+        # Adapters whose MLPs feed the same layers share one MLP layer,
+        # one slot each: the same attention layer at every index.
+        if mine.served_layers() != theirs.served_layers():
+            raise ValueError(
+                f"PrefixAttention {self.path!r}: the prefix MLP of adapters "
+                f"{list(self.slot_names)} feeds other attention layers than "
+                "the new adapter's. Prefixes trained through an MLP share "
+                "layers only where they select the same attention layers "
+                "(`attention`); eject one of them (`keras_peft.eject_prefix`"
+                ") or use reparam=False."
+            )
+        mine.check_slot_source(theirs)
 
     def _switched(self):
         return self.active_slot is not None or self.routed
@@ -214,7 +263,7 @@ class PrefixAttention(Wrapper, AdapterLayer):
         active slot's (zeros for none), each `(batch, l, heads, dim)` while
         routed per example."""
         if self.prefix_source is not None:
-            return self.prefix()
+            return self.prefix_source.layer_prefix(self.source_index)
         return self.slot_values(self.prefix_key, self.prefix_value)
 
     def _prefix_acts(self):
@@ -347,6 +396,10 @@ class PrefixAttention(Wrapper, AdapterLayer):
 
     def add_slot(self, name, source):
         super().add_slot(name, source)
+        mlp = self.prefix_source
+        if mlp is not None and name not in mlp.slot_names:
+            # The first of the layers it feeds to take the adapter.
+            mlp.add_slot(name, source.prefix_source)
         # `source` was built around the same attention layer and took over
         # its attention step; from now on this layer computes its prefix.
         if source.base_layer is self.base_layer:

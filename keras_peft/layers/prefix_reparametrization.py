@@ -40,6 +40,7 @@ class PrefixReparametrization(AdapterLayer):
     """
 
     method = "prefix_tuning"
+    switchable = True
 
     def __init__(
         self, length, num_layers, num_heads, head_dim, hidden_dim=512, **kwargs
@@ -87,22 +88,70 @@ class PrefixReparametrization(AdapterLayer):
         )
         self.built = True
 
-    def layer_prefix(self, index):
-        """Layer `index`'s prefix keys and values, each `(l, heads, dim)`."""
+    def layer_prefix(self, index, slot=None):
+        """Layer `index`'s prefix keys and values, each `(l, heads, dim)`.
+
+        Args:
+            index: int. The attention layer's index.
+            slot: int or `None`. The slot (named adapter) to compute with;
+                `None`: the acting one (each example's, with a leading
+                batch axis, while routed per example).
+        """
         if not 0 <= index < self.num_layers:
             raise ValueError(
                 f"Layer index {index} is outside [0, {self.num_layers})."
             )
-        hidden = ops.tanh(
-            ops.matmul(self.prefix_embedding, self.hidden_kernel)
-            + self.hidden_bias
+        if slot is not None:
+            return self._prefix(self.slot_variables(slot), index)
+        if not self.routed:
+            return self._prefix(self.slot_values(*self._variables()), index)
+        # Each slot's prefix, not the MLP's weights, is gathered per
+        # example: the output kernel is far larger than the prefix.
+        prefixes = [
+            self._prefix(self.slot_variables(slot), index)
+            for slot in range(max(len(self.slot_names), 1))
+        ]
+        index = self._slot_index()
+        return tuple(
+            ops.take(
+                ops.stack(
+                    [p[i] for p in prefixes] + [ops.zeros_like(prefixes[0][i])]
+                ),
+                index,
+                axis=0,
+            )
+            for i in (0, 1)
         )
+
+    def serve(self, index, attention_layer):
+        """Records that layer `index`'s prefix is `attention_layer`'s."""
+        # Ids, not the layers: model surgery rewrites references to a
+        # layer it replaces (the wrapper takes the attention layer's place),
+        # and the wrappers keep the attention layers alive.
+        self.__dict__.setdefault("_served", {})[index] = id(attention_layer)
+
+    def served_layers(self):
+        """`(index, id(attention layer))` of the layers this MLP feeds."""
+        return sorted(self.__dict__.get("_served", {}).items())
+
+    def _variables(self):
+        return (
+            self.prefix_embedding,
+            self.hidden_kernel,
+            self.hidden_bias,
+            self.output_kernel,
+            self.output_bias,
+        )
+
+    def _prefix(self, variables, index):
+        embedding, hidden_kernel, hidden_bias, output_kernel, output_bias = (
+            variables
+        )
+        hidden = ops.tanh(ops.matmul(embedding, hidden_kernel) + hidden_bias)
         size = 2 * self.num_heads * self.head_dim
         start = index * size
-        kernel = self.output_kernel[:, start : start + size]
-        outputs = (
-            ops.matmul(hidden, kernel) + self.output_bias[start : start + size]
-        )
+        kernel = output_kernel[:, start : start + size]
+        outputs = ops.matmul(hidden, kernel) + output_bias[start : start + size]
         outputs = ops.reshape(
             outputs, (self.length, 2, self.num_heads, self.head_dim)
         )

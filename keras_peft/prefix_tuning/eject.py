@@ -71,7 +71,8 @@ def eject_prefix(model):
     dropped: the trainable parameter count falls to
     `2 * length * hidden * n_attention_layers`, and serving no longer
     recomputes the prefix at every step. The applied config becomes
-    `reparam=False` (what the model now is). `save_adapter` stores the
+    `reparam=False` (what the model now is). In a model holding several
+    named adapters, every adapter's prefix is ejected. `save_adapter` stores the
     computed prefix with or without this step. Re-compile before training
     further.
 
@@ -99,11 +100,12 @@ def eject_prefix(model):
     for layer in layers:
         layer.eject()
     state = state_lib.get_state(context.backbone)
-    state = state.replaced(
-        state.active,
-        ejected_configs(state.configs),
-        state.trainable_base_variables,
-    )
+    for name, adapter in state.adapters.items():
+        state = state.replaced(
+            name,
+            ejected_configs(adapter.configs),
+            adapter.trainable_base_variables,
+        )
     injection.record_state(context.backbone, state)
     surgery.forget_compiled_functions(context.model)
     recompile.require_recompile(context.model, "keras_peft.eject_prefix")
