@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import keras_peft
+from keras_peft.layers import routing
 from tests import helpers
 from tests.test_named_adapters import SWITCHABLE
 from tests.test_named_adapters import _fit_moves_only
@@ -83,16 +84,25 @@ def test_one_adapter_serves_as_the_model_computes():
 
 
 @pytest.mark.parametrize(
-    "tasks", [None, PREFIX_TASKS["bert_classifier"], PREFIX_MLP_TASKS]
+    "model_name, tasks, absent",
+    [
+        ("bert_classifier", None, 1),
+        ("bert_classifier", PREFIX_TASKS["bert_classifier"], 0),
+        ("bert_classifier", PREFIX_MLP_TASKS, 2),
+        ("t5_seq2seq", PREFIX_TASKS["t5_backbone"], 0),
+    ],
 )
-def test_mixed_batches_train_each_task_from_its_own_examples(tasks):
-    case, model, server, _ = _server("bert_classifier", tasks)
+def test_mixed_batches_train_each_task_from_its_own_examples(
+    model_name, tasks, absent
+):
+    case, model, server, _ = _server(model_name, tasks)
     names = server.task_names
     inputs, labels = case.inputs(), case.labels()
     trainable = server.trainable_weights
     owners = {id(v): _owner(model, v) for v in trainable}
-    # A batch without task 1.
-    without = np.array([0, 2, 0, 2], "int32")
+    # A batch of the other two tasks.
+    present = [task for task in range(3) if task != absent]
+    without = np.array(present * 2, "int32")
 
     def loss(*_):
         outputs = server({**inputs, "task_ids": without}, training=False)
@@ -100,7 +110,7 @@ def test_mixed_batches_train_each_task_from_its_own_examples(tasks):
 
     _, grads = helpers.gradients(loss, trainable)
     for variable, grad in zip(trainable, grads):
-        if owners[id(variable)] == names[1]:
+        if owners[id(variable)] == names[absent]:
             assert grad is None or not np.any(grad), variable.path
         else:
             assert grad is not None and np.any(grad), variable.path
@@ -110,7 +120,7 @@ def test_mixed_batches_train_each_task_from_its_own_examples(tasks):
         {**inputs, "task_ids": without},
         labels,
         case.loss,
-        lambda v: owners[id(v)] != names[1],
+        lambda v: owners[id(v)] != names[absent],
     )
 
 
@@ -183,10 +193,20 @@ def test_t5_cached_generate_decodes_each_example_with_its_adapter(tasks):
     )
     tokens = np.asarray(generated["decoder_token_ids"])
     assert tokens.shape == (4, t5_decoding.MAX_LENGTH)
+    # Keras-hub's cached decoding routed per example, step by step, against
+    # each task's full pass (greedy tokens of a tiny model barely change
+    # with the adapter; logits do).
+    with routing.per_example(names, TASK_IDS):
+        cached = t5_decoding.cached_logits(model, inputs, tokens)
     for name in names:
         keras_peft.set_active(model, name)
         logits = t5_decoding.full_forward_logits(model, inputs, tokens)
-        for row in np.flatnonzero(TASK_IDS == names.index(name)):
+        rows = np.flatnonzero(TASK_IDS == names.index(name))
+        # Another kernel path: float tolerance, as in t5_decoding.
+        np.testing.assert_allclose(
+            cached[rows], logits[rows], atol=1e-4, rtol=1e-4
+        )
+        for row in rows:
             steps = logits[row, :-1]
             chosen = np.take_along_axis(steps, tokens[row, 1:, None], axis=-1)[
                 :, 0
@@ -199,6 +219,9 @@ def test_t5_cached_generate_decodes_each_example_with_its_adapter(tasks):
             {**inputs, "task_ids": np.array([0, 1, 2, 3])},
             stop_token_ids=None,
         )
+    model.compile(sampler="beam")
+    with pytest.raises(ValueError, match="does not route beam search"):
+        server.generate({**inputs, "task_ids": TASK_IDS})
 
 
 def test_bad_task_ids_in_a_direct_call_are_refused():

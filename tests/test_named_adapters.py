@@ -12,6 +12,7 @@ import pytest
 import keras_peft
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.lora_dense import LoRADense
+from keras_peft.layers.prefix_attention import PrefixAttention
 from keras_peft.layers.prefix_reparametrization import PrefixReparametrization
 from tests import helpers
 
@@ -528,6 +529,38 @@ def test_prefix_mlps_share_a_model_and_eject_together(tmp_path):
         isinstance(layer, PrefixReparametrization)
         for layer in _adapter_layers(model)
     )
+
+
+@pytest.mark.parametrize("first", ["lora", "prefix", "adapters"])
+def test_a_text_initialized_prefix_starts_from_the_frozen_model(first):
+    """Li & Liang's text initialization of a new named adapter's prefix
+    records the frozen model's activations, not the active adapter's."""
+    case = helpers.MODEL_CASES["bert_backbone"]
+
+    def config():
+        return keras_peft.PrefixTuningConfig(
+            length=3,
+            reparam=False,
+            init="text",
+            init_text="summarize table",
+            tokenizer=helpers.bert_tokenizer(),
+        )
+
+    fresh = keras_peft.apply(case.build(), config())
+    model = _named_model(case, [("a", SWITCHABLE[first]())])
+    keras_peft.apply(model, config(), name="b")
+    wrappers = [
+        layer
+        for model_ in (fresh, model)
+        for layer in _adapter_layers(model_)
+        if isinstance(layer, PrefixAttention)
+    ]
+    half = len(wrappers) // 2
+    for alone, shared in zip(wrappers[:half], wrappers[half:]):
+        slot = shared.slot_names.index("b")
+        for want, got in zip(alone.prefix(), shared.slot_variables(slot)):
+            # The same pass of the same frozen layers.
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def _configs_of(model, name):

@@ -152,6 +152,15 @@ class MultiTaskModel(keras.Model):
                 f"Seq2SeqLM, not a {type(model).__name__}."
             )
         self._check_tasks_held()
+        sampler = getattr(model, "sampler", None)
+        if isinstance(sampler, keras_hub.samplers.BeamSampler):
+            raise ValueError(
+                "`generate` of a multi-task model does not route beam "
+                "search (its beams multiply the batch inside the sampler); "
+                "compile the held model with another sampler (greedy, "
+                "top-k, top-p), or decode each task's examples with "
+                "`keras_peft.set_active` and the model's own `generate`."
+            )
         inputs, task_ids = _split_task_ids(inputs, "`generate`")
         task_ids = np.asarray(task_ids)
         if task_ids.ndim != 1:
@@ -273,8 +282,11 @@ def multi_task(model, names):
     the task keeps one per adapter). Its variables are `model`'s: `fit` on
     mixed-task batches trains each adapter from its own examples only.
 
-    The methods it routes are LoRA, the bottleneck adapters (sequential,
-    parallel, scaled, multi-head) and prompt tuning, for now.
+    It routes every switchable method: LoRA, the bottleneck adapters
+    (sequential, parallel, scaled, multi-head), prompt tuning, prefix
+    tuning (with or without its MLP) and MAM. `generate` (a
+    `T5Seq2SeqLM`) decodes greedily or by sampling; beam search is
+    refused.
 
     Args:
         model: a supported keras-hub backbone or task holding the adapters.

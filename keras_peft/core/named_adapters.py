@@ -11,8 +11,7 @@ from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core import switching
 from keras_peft.layers.adapter_layer import AdapterLayer
-from keras_peft.layers.disabling import is_disabled
-from keras_peft.layers.disabling import set_disabled
+from keras_peft.layers.disabling import all_disabled
 from keras_peft.layers.site_host import SiteHost
 from keras_peft.layers.task_head import TaskHead
 from keras_peft.layers.wrapper import Wrapper
@@ -139,15 +138,11 @@ def disabled(model):
         for layer, _ in layer_tree.iter_layers(context.backbone)
         if isinstance(layer, (Wrapper, AdapterLayer))
     ]
-    before = [is_disabled(layer) for layer in layers]
-    for layer in layers:
-        set_disabled(layer, True)
     surgery.forget_compiled_functions(context.model)
     try:
-        yield model
+        with all_disabled(layers):
+            yield model
     finally:
-        for layer, flag in zip(layers, before):
-            set_disabled(layer, flag)
         surgery.forget_compiled_functions(context.model)
 
 

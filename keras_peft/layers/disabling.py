@@ -1,5 +1,7 @@
 """The flag that makes a keras-peft layer compute only what its base does."""
 
+import contextlib
+
 
 def is_disabled(layer):
     """Whether `layer` (a wrapper or adapter layer) is disabled: it then
@@ -12,3 +14,18 @@ def set_disabled(layer, disabled):
     """Sets `layer`'s flag. Compiled functions traced before keep what they
     traced; `keras_peft.disabled` drops them."""
     layer.__dict__["_peft_disabled"] = bool(disabled)
+
+
+@contextlib.contextmanager
+def all_disabled(layers):
+    """Disables `layers` while open; restores their flags on exit, also
+    through an exception. Compiled functions are left alone (see
+    `set_disabled`)."""
+    before = [is_disabled(layer) for layer in layers]
+    for layer in layers:
+        set_disabled(layer, True)
+    try:
+        yield
+    finally:
+        for layer, flag in zip(layers, before):
+            set_disabled(layer, flag)

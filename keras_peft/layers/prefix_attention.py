@@ -64,6 +64,11 @@ class PrefixAttention(Wrapper, AdapterLayer):
     view of He et al. (2022) the output is
     `(1 - lambda) * Attn(Q, K, V) + lambda * Attn(Q, P_k, P_v)`.
 
+    Holding several named adapters (one prefix slot each), the layer masks
+    the prefix keys out (mask 0, or T5's mask bias) where the adapter
+    computing, or an example's adapter inside `keras_peft.multi_task`,
+    holds no slot: zero keys would still take a share of the attention.
+
     The wrapped layer's own code does the attention: for a
     `keras.layers.MultiHeadAttention` only its `_compute_attention` step is
     extended (the prefix joins the projected keys and values); for keras-hub's
