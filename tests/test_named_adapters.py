@@ -18,8 +18,8 @@ from tests import helpers
 
 BACKEND = keras.backend.backend()
 
-# What several adapters may be made of: LoRA, the bottleneck adapters, and
-# prompts (every adapter with one, or none).
+# What several adapters may be made of: LoRA, the bottleneck adapters,
+# prefixes, MAM, and prompts (every adapter with one, or none).
 SWITCHABLE = {
     "prompt": lambda: keras_peft.PromptTuningConfig(length=3, init="random"),
     "prompt_and_lora": lambda: [
@@ -39,33 +39,18 @@ SWITCHABLE = {
         rank=2, alpha=3, use_rslora=True
     ),
     "lora_rank6": lambda: keras_peft.LoRAConfig(rank=6, alpha=12),
-    # "adapters"' parallel (FFN, attention) and multi-head layers, other
-    # widths and fixed scales.
-    "adapters_wide": lambda: [
-        keras_peft.AdapterConfig(
-            bottleneck=6,
-            location="both",
-            parallel=True,
-            scale="learned",
-            activation="gelu",
-        ),
-        keras_peft.AdapterConfig(
-            bottleneck=2,
-            location="attn",
-            parallel=True,
-            multi_head=True,
-            activation="gelu",
-            scale=0.5,
-        ),
-        keras_peft.AdapterConfig(bottleneck=2, scale=3.0, activation="gelu"),
-    ],
+    # "adapters"' layers, other widths and fixed scales, and a sequential
+    # adapter beside "lora_ffn_and_adapter"'s.
+    "adapters_wide": lambda: (
+        _bottlenecks(6, 2, head_scale=0.5)
+        + [keras_peft.AdapterConfig(bottleneck=2, scale=3.0, activation="gelu")]
+    ),
     "prefix": lambda: keras_peft.PrefixTuningConfig(length=3, reparam=False),
     "prefix_and_lora": lambda: [
         keras_peft.PrefixTuningConfig(length=3, reparam=False),
         keras_peft.LoRAConfig(rank=2, targets="ffn"),
     ],
-    # MAM with its prefix trained directly: a prefix MLP cannot be
-    # switched (it is ejected before joining other adapters).
+    # MAM with its prefix trained directly ("mam_mlp": through its MLP).
     "mam": lambda: keras_peft.MAMConfig(
         prefix_length=3, bottleneck=4, reparam=False, activation="gelu"
     ),
@@ -73,25 +58,32 @@ SWITCHABLE = {
         keras_peft.LoRAConfig(rank=2, targets="ffn"),
         keras_peft.AdapterConfig(bottleneck=4, activation="gelu"),
     ],
+    "adapters": lambda: _bottlenecks(4, 4),
+}
+
+
+def _bottlenecks(width, head_width, head_scale=1.0):
+    """Parallel adapters (learned scale) at the FFN and attention, and
+    multi-head ones at the attention."""
     # gelu: a ReLU bottleneck this narrow can be dead on every [CLS]
     # token, and the gradient checks want every weight reached.
-    "adapters": lambda: [
+    return [
         keras_peft.AdapterConfig(
-            bottleneck=4,
+            bottleneck=width,
             location="both",
             parallel=True,
             scale="learned",
             activation="gelu",
         ),
         keras_peft.AdapterConfig(
-            bottleneck=4,
+            bottleneck=head_width,
             location="attn",
             parallel=True,
             multi_head=True,
             activation="gelu",
+            scale=head_scale,
         ),
-    ],
-}
+    ]
 
 
 def _randomize(model, variables, seed):
