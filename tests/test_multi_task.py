@@ -2,6 +2,7 @@
 head, in serving and in training, on every backend."""
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 
@@ -219,9 +220,50 @@ def test_t5_cached_generate_decodes_each_example_with_its_adapter(tasks):
             {**inputs, "task_ids": np.array([0, 1, 2, 3])},
             stop_token_ids=None,
         )
-    model.compile(sampler="beam")
-    with pytest.raises(ValueError, match="does not route beam search"):
-        server.generate({**inputs, "task_ids": TASK_IDS})
+
+
+def test_t5_beam_search_decodes_each_example_with_its_adapter():
+    """Beam search decodes `num_beams` rows per example: each routed to
+    the example's adapter. Every row's sequence is that task's own beam
+    search result, or (a near tie on another CPU) one its task scores as
+    high to 1e-4."""
+    from tests import t5_decoding
+
+    case, model, server, _ = _server("t5_seq2seq", PREFIX_TASKS["t5_backbone"])
+    names = server.task_names
+    inputs = t5_decoding.generate_inputs(batch=4)
+    model.compile(sampler=keras_hub.samplers.BeamSampler(num_beams=2))
+    routed = np.asarray(
+        server.generate({**inputs, "task_ids": TASK_IDS}, stop_token_ids=None)[
+            "decoder_token_ids"
+        ]
+    )
+    for name in names:
+        keras_peft.set_active(model, name)
+        alone = np.asarray(
+            model.generate(inputs, stop_token_ids=None)["decoder_token_ids"]
+        )
+        for row in np.flatnonzero(TASK_IDS == names.index(name)):
+            if np.array_equal(routed[row], alone[row]):
+                continue
+            scores = [
+                _sequence_log_prob(model, inputs, tokens, row)
+                for tokens in (routed, alone)
+            ]
+            np.testing.assert_allclose(scores[0], scores[1], atol=1e-4)
+    # The tasks decode differently: routing reached the beams.
+    assert len({tuple(row) for row in routed}) > 1
+
+
+def _sequence_log_prob(model, inputs, tokens, row):
+    """The log-probability the active adapter gives row `row` of `tokens`
+    (after its first, given token)."""
+    from tests import t5_decoding
+
+    logits = t5_decoding.full_forward_logits(model, inputs, tokens)[row]
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    steps = log_probs[:-1]
+    return np.take_along_axis(steps, tokens[row, 1:, None], -1).sum()
 
 
 def test_bad_task_ids_in_a_direct_call_are_refused():

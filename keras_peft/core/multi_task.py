@@ -152,15 +152,6 @@ class MultiTaskModel(keras.Model):
                 f"Seq2SeqLM, not a {type(model).__name__}."
             )
         self._check_tasks_held()
-        sampler = getattr(model, "sampler", None)
-        if isinstance(sampler, keras_hub.samplers.BeamSampler):
-            raise ValueError(
-                "`generate` of a multi-task model does not route beam "
-                "search (its beams multiply the batch inside the sampler); "
-                "compile the held model with another sampler (greedy, "
-                "top-k, top-p), or decode each task's examples with "
-                "`keras_peft.set_active` and the model's own `generate`."
-            )
         inputs, task_ids = _split_task_ids(inputs, "`generate`")
         task_ids = np.asarray(task_ids)
         if task_ids.ndim != 1:
@@ -202,13 +193,30 @@ class MultiTaskModel(keras.Model):
         step = type(model).generate_step.__get__(model)
         names = self.task_names
 
+        decoder = type(model).call_decoder_with_cache.__get__(model)
+
         def routed_step(inputs, stop_token_ids=None):
             inputs = dict(inputs)
             task_ids = ops.clip(
                 ops.cast(inputs.pop(TASK_IDS), "int32"), 0, len(names) - 1
             )
-            with routing.per_example(names, task_ids):
-                return step(inputs, stop_token_ids)
+
+            def routed_decoder(**kwargs):
+                # A beam search decodes `num_beams` rows per example, the
+                # beams of example `b` next to each other (rows
+                # `b * num_beams + j`).
+                rows = ops.shape(kwargs["decoder_token_ids"])[0]
+                beams = rows // ops.shape(task_ids)[0]
+                ids = ops.repeat(task_ids, beams, axis=0)
+                with routing.per_example(names, ids):
+                    return decoder(**kwargs)
+
+            model.call_decoder_with_cache = routed_decoder
+            try:
+                with routing.per_example(names, task_ids):
+                    return step(inputs, stop_token_ids)
+            finally:
+                del model.call_decoder_with_cache
 
         return routed_step
 
@@ -285,8 +293,8 @@ def multi_task(model, names):
     It routes every switchable method: LoRA, the bottleneck adapters
     (sequential, parallel, scaled, multi-head), prompt tuning, prefix
     tuning (with or without its MLP) and MAM. `generate` (a
-    `T5Seq2SeqLM`) decodes greedily or by sampling; beam search is
-    refused.
+    `T5Seq2SeqLM`) decodes with the held model's sampler, beam search
+    included.
 
     Args:
         model: a supported keras-hub backbone or task holding the adapters.
