@@ -52,8 +52,8 @@ class Wrapper(keras.layers.Layer):
             kwargs.setdefault("dtype", base_layer.dtype_policy)
         super().__init__(**kwargs)
         self.base_layer = base_layer
-        # Plain bools: a list holding the variables themselves would be
-        # tracked as this layer's own state.
+        # Variable ids to bools: a collection holding the variables
+        # themselves would be tracked as this layer's own state.
         self._base_trainable = None
         self.applied_config = None
 
@@ -67,7 +67,11 @@ class Wrapper(keras.layers.Layer):
         `release()`. Idempotent: only the first call records flags."""
         if self._base_trainable is not None:
             return
-        self._base_trainable = [v.trainable for v in self.base_layer.weights]
+        # By variable: the base may hold more variables by the time it is
+        # released (another method's layer wrapped inside it).
+        self._base_trainable = {
+            id(v): v.trainable for v in self.base_layer.weights
+        }
         for variable in self.base_layer.weights:
             variable.trainable = False
 
@@ -80,10 +84,10 @@ class Wrapper(keras.layers.Layer):
         Returns:
             The base layer, as it was before this layer wrapped it.
         """
-        for variable, trainable in zip(
-            self.base_layer.weights, self._base_trainable or ()
-        ):
-            variable.trainable = trainable
+        flags = self._base_trainable or {}
+        for variable in self.base_layer.weights:
+            if id(variable) in flags:
+                variable.trainable = flags[id(variable)]
         return self.base_layer
 
     def get_config(self):

@@ -51,6 +51,32 @@ def test_release_gives_back_the_flags_freeze_base_found():
     assert dense.kernel.trainable
 
 
+def test_release_restores_each_variable_it_froze_by_identity():
+    """A base that holds more variables by the time it is released (LoRA
+    applied inside a prefixed attention layer) gets back exactly the flags
+    of the variables it had; the new ones keep theirs."""
+    import keras_peft
+    from keras_peft.core import layer_tree
+
+    backbone = helpers.MODEL_CASES["bert_backbone"].build()
+    attention = backbone.get_layer("transformer_layer_0")._self_attention_layer
+    attention._key_dense.trainable = False
+    flags = {id(v): v.trainable for v in attention.weights}
+    keras_peft.apply(
+        backbone, keras_peft.PrefixTuningConfig(length=2, reparam=False)
+    )
+    keras_peft.apply(backbone, keras_peft.LoRAConfig(rank=2))
+    wrapper = next(
+        layer
+        for layer, _ in layer_tree.iter_layers(backbone)
+        if isinstance(layer, PrefixAttention) and layer.base_layer is attention
+    )
+    assert wrapper.release() is attention
+    for variable in attention.weights:
+        expected = flags.get(id(variable), True)  # LoRA's train
+        assert variable.trainable == expected, variable.path
+
+
 def test_config_holds_the_base_layer_and_round_trips():
     wrapper = _Doubled(_dense(activation="relu"))
     config = wrapper.get_config()
