@@ -104,6 +104,7 @@ class PrefixAttention(Wrapper, AdapterLayer):
 
     method = "prefix_tuning"
     base_argument = "attention_layer"
+    switchable = True
 
     def __new__(cls, attention_layer=None, *args, **kwargs):
         # One public layer; each attention kind has its own call signature.
@@ -225,8 +226,6 @@ class PrefixAttention(Wrapper, AdapterLayer):
         for name, slot_values in zip(names[1:], values[1:]):
             self._add_bank(name, slot_values)
 
-    switchable = True
-
     def signature_config(self):
         # Not `get_config()`: a T5 attention layer has none to give.
         return {
@@ -329,10 +328,8 @@ class PrefixAttention(Wrapper, AdapterLayer):
                 return_attention_scores,
                 **extra,
             )
-        prefix_key, prefix_value = self._batched_prefix(
-            ops.shape(key)[0], key.dtype
-        )
         batch_size = ops.shape(key)[0]
+        prefix_key, prefix_value = self._batched_prefix(batch_size, key.dtype)
         query_length, key_length = ops.shape(query)[1], ops.shape(key)[1]
         if use_causal_mask and attention_mask is None:
             attention_mask = ops.tril(
