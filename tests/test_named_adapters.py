@@ -39,6 +39,7 @@ SWITCHABLE = {
         rank=2, alpha=3, use_rslora=True
     ),
     "lora_rank6": lambda: keras_peft.LoRAConfig(rank=6, alpha=12),
+    "lora_rank3": lambda: keras_peft.LoRAConfig(rank=3, alpha=5),
     # "adapters"' layers, other widths and fixed scales, and a sequential
     # adapter beside "lora_ffn_and_adapter"'s.
     "adapters_wide": lambda: (
@@ -356,13 +357,66 @@ def test_delete_adapter_keeps_the_others_and_frees_their_layers():
     helpers.assert_outputs_close(case.outputs(model), expected["c"], 1e-6)
 
 
+def test_deleting_an_adapter_takes_its_taps_away(tmp_path):
+    """A parallel adapter reading the FFN's input records it at another
+    layer (a tap): deleting the adapter takes both away, and the model
+    saves and loads as one never given it."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case,
+        [
+            ("a", SWITCHABLE["lora"]()),
+            ("b", SWITCHABLE["adapters"]()),
+            ("c", SWITCHABLE["lora"]()),
+        ],
+    )
+    expected = _outputs_by_name(model, case)
+    keras_peft.set_active(model, "c")
+    keras_peft.delete_adapter(model, "b")
+    from keras_peft.core import layer_tree
+    from keras_peft.layers.site_host import SiteHost
+
+    assert not any(
+        isinstance(layer, SiteHost)
+        for layer, _ in layer_tree.iter_layers(model)
+    )
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    for name, outputs in _outputs_by_name(restored, case).items():
+        helpers.assert_outputs_equal(outputs, expected[name])
+
+
+def test_slots_made_while_the_backbone_is_frozen_save_and_load(tmp_path):
+    """Slots made (added, or made anew when slot 0's adapter goes) while
+    the backbone is frozen sit where a fresh model's do: `.keras` files
+    list a layer's variables by where they were made."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(case, [("a", SWITCHABLE["lora"]())])
+    case.backbone(model).trainable = False
+    for name in ("b", "c"):
+        keras_peft.apply(model, SWITCHABLE["lora_rank2"](), name=name)
+    _randomize(model, keras_peft.variable_groups(model)["lora"], 1)
+    expected = _outputs_by_name(model, case)
+    keras_peft.delete_adapter(model, "a")
+    case.backbone(model).trainable = True
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    for name, outputs in _outputs_by_name(restored, case).items():
+        helpers.assert_outputs_close(outputs, expected[name], 1e-6)
+
+
 @pytest.mark.parametrize(
     "methods, kind, widths",
     [
         (
-            {"a": "lora", "b": "lora_rank2", "c": "lora_rank6"},
+            {
+                "a": "lora",
+                "b": "lora_rank2",
+                "c": "lora_rank6",
+                "d": "lora_rank3",
+            },
             "lora",
-            [4, 2, 6],
+            [4, 2, 6, 3],
         ),
         (
             {
@@ -405,14 +459,22 @@ def test_adapters_of_other_ranks_and_widths_share_a_layer(
         keras_peft.load_adapter(alone, str(tmp_path / name))
         # Padded: sums over more (zero) components.
         helpers.assert_outputs_close(case.outputs(alone), expected[name], 1e-6)
-    server = keras_peft.multi_task(model, list(methods))
-    ids = np.array([2, 0, 1, 2], "int32")
+    names = list(methods)
+    server = keras_peft.multi_task(model, names)
+    ids = np.array([2, 0, 1, len(names) - 1], "int32")
     rows = helpers.numpy(server({**case.inputs(), "task_ids": ids}))
     for row, task in enumerate(ids):
         helpers.assert_outputs_close(
-            rows[row], expected["abc"[task]][row], 1e-5
+            rows[row], expected[names[task]][row], 1e-5
         )
-    keras_peft.set_active(model, "c")
+    last = names[-1]
+    keras_peft.set_active(model, last)
+    if len(names) > 3:
+        # A middle slot: the slots after it keep their settings.
+        keras_peft.delete_adapter(model, names[2])
+        for name, outputs in _outputs_by_name(model, case).items():
+            helpers.assert_outputs_close(outputs, expected[name], 1e-6)
+        keras_peft.set_active(model, last)
     keras_peft.delete_adapter(model, "a")
     assert layer.slot_names[0] == "b"
     own = layer.slot_variables(0)[0]
@@ -424,10 +486,12 @@ def test_adapters_of_other_ranks_and_widths_share_a_layer(
     restored = keras.saving.load_model(tmp_path / "model.keras")
     for name, outputs in _outputs_by_name(restored, case).items():
         helpers.assert_outputs_close(outputs, expected[name], 1e-6)
-    keras_peft.delete_adapter(model, "b")
+    keras_peft.set_active(model, last)
+    for name in keras_peft.adapter_names(model)[:-1]:
+        keras_peft.delete_adapter(model, name)
     if kind == "lora":
         keras_peft.merge_lora(model)
-    helpers.assert_outputs_close(case.outputs(model), expected["c"], 1e-5)
+    helpers.assert_outputs_close(case.outputs(model), expected[last], 1e-5)
 
 
 def test_bad_names_and_deleting_the_active_adapter_leave_the_model():
@@ -505,6 +569,13 @@ def test_prefix_mlps_share_a_model_and_eject_together(tmp_path):
             helpers.assert_outputs_close(
                 case.outputs(alone), expected[name], 1e-6
             )
+    # What the summary says save_adapter stores: every adapter's bundle.
+    stored = 0
+    for name in methods:
+        with open(tmp_path / f"{name}_False" / "adapter_config.json") as f:
+            entries = json.load(f)["variables"]
+        stored += sum(int(np.prod(entry["shape"])) for entry in entries)
+    assert keras_peft.trainable_summary(model).saved == stored
     keras_peft.set_active(model, "c")
     keras_peft.delete_adapter(model, "a")
     for name, outputs in _outputs_by_name(model, case).items():

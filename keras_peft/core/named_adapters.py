@@ -221,21 +221,32 @@ def _remove_layers(model, layers):
     """Takes adapter `layers` out of `model`: delta modules out of their
     site hosts, replacing wrappers out of the layer they wrap."""
     removed = {id(layer) for layer in layers}
-    hosts = [
+    all_hosts = [
         layer
         for layer, _ in layer_tree.iter_layers(model)
         if isinstance(layer, SiteHost)
-        and any(
-            id(m) in removed
-            for m in layer.parallel_modules + layer.sequential_modules
-        )
     ]
-    for host in hosts:
+    # Taps a remaining module reads: a tap read only by removed modules
+    # goes with them.
+    read = {
+        id(tap)
+        for host in all_hosts
+        for module, tap in host.parallel
+        if tap is not None and id(module) not in removed
+    }
+    for host in all_hosts:
         parallel = [(m, t) for m, t in host.parallel if id(m) not in removed]
         sequential = [
             m for m in host.sequential_modules if id(m) not in removed
         ]
-        if not parallel and not sequential and not host.records:
+        records = tuple(tap for tap in host.records if id(tap) in read)
+        if (
+            len(parallel) == len(host.parallel)
+            and len(sequential) == len(host.sequential_modules)
+            and len(records) == len(host.records)
+        ):
+            continue
+        if not parallel and not sequential and not records:
             surgery.replace_layer(model, host, host.base_layer)
             continue
         with scopes.scope_of(host.path):
@@ -243,7 +254,7 @@ def _remove_layers(model, layers):
                 host.base_layer,
                 parallel=parallel,
                 sequential=sequential,
-                records=host.records,
+                records=records,
                 name=host.name,
             )
         surgery.replace_layer(model, host, new)

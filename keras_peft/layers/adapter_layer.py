@@ -192,7 +192,7 @@ class AdapterLayer(keras.layers.Layer):
                 "it keeps switching between them."
             )
         with self._unlocked():
-            self._tracker.untrack(variable)
+            self._untrack_variable(variable)
         self.__dict__["_active_slot"] = None
 
     def add_slot(self, name, source):
@@ -213,16 +213,29 @@ class AdapterLayer(keras.layers.Layer):
         with self._unlocked():
             for variable, value in zip(self._template_variables(), values):
                 variables.append(
-                    self.add_weight(
-                        name=f"{variable.name}__{name}",
-                        shape=value.shape,
-                        dtype=variable.dtype,
-                        initializer=_constant(value),
-                        trainable=variable.trainable,
+                    self._add_slot_variable(
+                        f"{variable.name}__{name}", value, variable
                     )
                 )
         banks = list(self.__dict__.get("_slot_banks", []))
         self.__dict__["_slot_banks"] = banks + [variables]
+
+    def _add_slot_variable(self, name, value, like):
+        """A variable named `name` holding `value`, of `like`'s dtype and
+        flag."""
+        # Made trainable, then given `like`'s flag: Keras files list a
+        # layer's variables by where they were made (trainable ones first),
+        # so a slot made while the model is frozen must sit where one made
+        # in a fresh model does.
+        variable = self.add_weight(
+            name=name,
+            shape=value.shape,
+            dtype=like.dtype,
+            initializer=_constant(value),
+            trainable=True,
+        )
+        variable.trainable = like.trainable
+        return variable
 
     def remove_slot(self, name):
         """Drops the slot of adapter `name` and its variables. Slot 0 (the
@@ -241,7 +254,7 @@ class AdapterLayer(keras.layers.Layer):
         dropped = banks.pop(slot - 1)
         with self._unlocked():
             for variable in dropped:
-                self._tracker.untrack(variable)
+                self._untrack_variable(variable)
         self.__dict__["_slot_banks"] = banks
         settings = list(self.__dict__.get("_slot_settings", []))
         settings.pop(slot - 1)
@@ -286,15 +299,9 @@ class AdapterLayer(keras.layers.Layer):
         }
         with self._unlocked():
             for variable in [v for slot in slots for v in slot]:
-                self._tracker.untrack(variable)
+                self._untrack_variable(variable)
             for variable, value in zip(template, values[0]):
-                new = self.add_weight(
-                    name=variable.name,
-                    shape=value.shape,
-                    dtype=variable.dtype,
-                    initializer=_constant(value),
-                    trainable=variable.trainable,
-                )
+                new = self._add_slot_variable(variable.name, value, variable)
                 object.__setattr__(self, attributes[id(variable)], new)
         self.__dict__["_slot_banks"] = []
         for name, slot_values in zip(names[1:], values[1:]):

@@ -254,8 +254,9 @@ class PrefixAttention(Wrapper, AdapterLayer):
                 f"{list(self.slot_names)} feeds other attention layers than "
                 "the new adapter's. Prefixes trained through an MLP share "
                 "layers only where they select the same attention layers "
-                "(`attention`); eject one of them (`keras_peft.eject_prefix`"
-                ") or use reparam=False."
+                "(`attention`): select the same ones, or eject the model's "
+                "prefixes (`keras_peft.eject_prefix`) and train the new one "
+                "with reparam=False."
             )
         mine.check_slot_source(theirs)
 

@@ -103,8 +103,32 @@ class PrefixReparametrization(AdapterLayer):
             )
         if slot is not None:
             return self._prefix(self.slot_variables(slot), index)
+        if self.active_slot is None and not self.routed:
+            return self._prefix(self._variables(), index)
         if not self.routed:
-            return self._prefix(self.slot_values(*self._variables()), index)
+            # The active slot's weights, this layer's columns of the output
+            # layer only: stacking every slot's whole output kernel would
+            # move `num_layers` times more.
+            slots = [
+                self._layer_weights(
+                    [v.value for v in self.slot_variables(slot)], index
+                )
+                for slot in range(len(self.slot_names))
+            ]
+            chosen = self._slot_index()
+            return self._layer_prefix(
+                [
+                    ops.take(
+                        ops.stack(
+                            [w[i] for w in slots]
+                            + [ops.zeros_like(slots[0][i])]
+                        ),
+                        chosen,
+                        axis=0,
+                    )
+                    for i in range(5)
+                ]
+            )
         # Each slot's prefix, not the MLP's weights, is gathered per
         # example: the output kernel is far larger than the prefix.
         prefixes = [
@@ -144,14 +168,27 @@ class PrefixReparametrization(AdapterLayer):
         )
 
     def _prefix(self, variables, index):
+        return self._layer_prefix(self._layer_weights(variables, index))
+
+    def _layer_weights(self, variables, index):
+        """`variables` with the output layer cut to layer `index`'s part."""
         embedding, hidden_kernel, hidden_bias, output_kernel, output_bias = (
             variables
         )
-        hidden = ops.tanh(ops.matmul(embedding, hidden_kernel) + hidden_bias)
         size = 2 * self.num_heads * self.head_dim
         start = index * size
-        kernel = output_kernel[:, start : start + size]
-        outputs = ops.matmul(hidden, kernel) + output_bias[start : start + size]
+        return (
+            embedding,
+            hidden_kernel,
+            hidden_bias,
+            output_kernel[:, start : start + size],
+            output_bias[start : start + size],
+        )
+
+    def _layer_prefix(self, weights):
+        embedding, hidden_kernel, hidden_bias, kernel, bias = weights
+        hidden = ops.tanh(ops.matmul(embedding, hidden_kernel) + hidden_bias)
+        outputs = ops.matmul(hidden, kernel) + bias
         outputs = ops.reshape(
             outputs, (self.length, 2, self.num_heads, self.head_dim)
         )

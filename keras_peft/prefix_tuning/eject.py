@@ -56,9 +56,13 @@ def ejected_configs(configs):
 
 
 def computed_prefix_size(layers):
-    """How many values the prefixes of `layers` hold once computed."""
+    """How many values the prefixes of `layers` hold once computed: every
+    named adapter's, where a layer holds several."""
     return sum(
-        layer.length * layer.num_heads * (layer.key_dim + layer.value_dim)
+        max(len(layer.slot_names), 1)
+        * layer.length
+        * layer.num_heads
+        * (layer.key_dim + layer.value_dim)
         for layer in layers
     )
 
