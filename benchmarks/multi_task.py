@@ -3,7 +3,9 @@
 A `keras_hub.models.BertTextClassifier` over a randomly initialised
 `BertBackbone` (hidden 256, 4 layers, 4 heads, FFN 1024, 2 classes), for
 each method (`--methods`: LoRA with rank 8 and alpha 16 on the attention
-query and value projections; prompt tuning with 20 prompt vectors), with:
+query and value projections; prompt tuning with 20 prompt vectors; prefix
+tuning with 20 keys and values per attention layer, trained directly, as
+served), with:
 
 - `one`: one adapter, the model as a single-task user has it;
 - `active`: 100 such adapters, each with its own head, one active
@@ -23,14 +25,14 @@ ids through each variant's compiled `predict_on_batch`, the first calls
 (tracing) not timed, rounds alternating between the variants. Target: the
 mixed batches at least 0.85x the single-task throughput.
 
-Results replace the `multi_task` (LoRA) and `multi_task_prompt` sections
-of `benchmarks/RESULTS.md`.
+Results replace the `multi_task` (LoRA), `multi_task_prompt` and
+`multi_task_prefix` sections of `benchmarks/RESULTS.md`.
 
 Run:
 
     python benchmarks/multi_task.py
     python benchmarks/multi_task.py --tasks 10 --rounds 2 --no-write
-    python benchmarks/multi_task.py --methods prompt
+    python benchmarks/multi_task.py --methods prompt,prefix
 """
 
 import argparse
@@ -69,8 +71,25 @@ METHODS = {
             length=PROMPT_LENGTH, init="random"
         ),
     ),
+    # Served prefixes are ejected (or trained directly): no MLP.
+    "prefix": (
+        "prefix",
+        lambda: keras_peft.PrefixTuningConfig(
+            length=PROMPT_LENGTH, reparam=False
+        ),
+    ),
 }
-SECTIONS = {"lora": "multi_task", "prompt": "multi_task_prompt"}
+SECTIONS = {
+    "lora": "multi_task",
+    "prompt": "multi_task_prompt",
+    "prefix": "multi_task_prefix",
+}
+ADAPTERS = {
+    "lora": "LoRA rank 8 on q and v",
+    "prompt": f"prompts of {PROMPT_LENGTH} vectors",
+    "prefix": f"prefixes of {PROMPT_LENGTH} keys and values per attention "
+    "layer (no MLP)",
+}
 
 
 def build(variant, args):
@@ -170,10 +189,12 @@ def measure_throughput(args):
 
 def adapter_bytes(args):
     """What one more task adds, float32: its LoRA A and B (q and v of 4
-    layers) or its prompt, and its head."""
+    layers), its prompt, or its prefix keys and values (4 layers), and its
+    head."""
     adapter = {
         "lora": 4 * 2 * (256 * 8 + 8 * 256),
         "prompt": PROMPT_LENGTH * 256,
+        "prefix": 4 * 2 * PROMPT_LENGTH * 256,
     }[args.method]
     head = 256 * 2 + 2
     return 4 * (adapter + head)
@@ -190,11 +211,7 @@ def report(memory, throughput, args, wall, loads):
         - expected_growth
     )
     label, _ = METHODS[args.method]
-    adapter = (
-        "LoRA rank 8 on q and v"
-        if args.method == "lora"
-        else f"prompts of {PROMPT_LENGTH} vectors"
-    )
+    adapter = ADAPTERS[args.method]
     lines = [
         f"## One backbone, {args.tasks} {label} tasks "
         f"(`benchmarks/multi_task.py --methods {args.method}`)",
