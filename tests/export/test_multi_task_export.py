@@ -104,3 +104,29 @@ def test_the_active_adapter_exports_when_another_holds_the_lora(tmp_path):
         {k: tf.constant(v) for k, v in case.inputs().items()}
     ).numpy()
     helpers.assert_outputs_close(served, expected, atol=1e-5)
+
+
+def test_prefix_mlps_export_one_adapter_or_every_task(tmp_path):
+    """Adapters whose prefixes share one MLP layer: the active one exports
+    alone (folded or not), and a multi-task model serves all of them."""
+    from tests.test_multi_task import PREFIX_MLP_TASKS
+
+    case, model, server, expected = _server("bert_classifier", PREFIX_MLP_TASKS)
+    names = server.task_names
+    inputs = {k: tf.constant(v) for k, v in case.inputs().items()}
+    for index, merge in ((0, False), (2, True)):
+        keras_peft.set_active(model, names[index])
+        directory = os.path.join(tmp_path, f"export_{index}")
+        keras_peft.export_saved_model(model, directory, merge=merge)
+        loaded = tf.saved_model.load(directory)
+        helpers.assert_outputs_close(
+            loaded.serve(inputs).numpy(), expected[names[index]], atol=1e-5
+        )
+    directory = os.path.join(tmp_path, "server")
+    keras_peft.export_saved_model(server, directory)
+    loaded = tf.saved_model.load(directory)
+    served = loaded.serve({**inputs, "task_ids": tf.constant(TASK_IDS)})
+    for row, task in enumerate(TASK_IDS):
+        helpers.assert_outputs_close(
+            served.numpy()[row], expected[names[task]][row], atol=1e-5
+        )
