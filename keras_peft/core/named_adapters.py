@@ -10,7 +10,6 @@ from keras_peft.core import scopes
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core import switching
-from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.disabling import all_disabled
 from keras_peft.layers.site_host import SiteHost
 from keras_peft.layers.task_head import TaskHead
@@ -133,11 +132,7 @@ def disabled(model):
         )
     # The backbone's layers: a task's head (one per adapter) stays the
     # active adapter's.
-    layers = [
-        layer
-        for layer, _ in layer_tree.iter_layers(context.backbone)
-        if isinstance(layer, (Wrapper, AdapterLayer))
-    ]
+    layers = switching.peft_layers(context.backbone)
     surgery.forget_compiled_functions(context.model)
     try:
         with all_disabled(layers):

@@ -41,6 +41,16 @@ def adapter_layers(root):
     ]
 
 
+def peft_layers(root):
+    """The keras-peft layers under `root` (wrappers, site hosts and adapter
+    layers): what `disabled` switches off."""
+    return [
+        layer
+        for layer, _ in layer_tree.iter_layers(root)
+        if isinstance(layer, (Wrapper, AdapterLayer))
+    ]
+
+
 def unswitchable_kinds(layers):
     """The class names of the adapter layers among `layers` (and inside
     them) that cannot be switched off, as text; `""` if none."""

@@ -326,6 +326,13 @@ class AdapterLayer(keras.layers.Layer):
                     self._tracker.lock()
 
     @property
+    def switched(self):
+        """Whether `slot_values` picks among slots (switching is enabled,
+        or the layer is routed per example) rather than giving the layer's
+        own variables."""
+        return self.active_slot is not None or self.routed
+
+    @property
     def routed(self):
         """Whether the layer computes per example (`routing.per_example`):
         `slot_values` then gives each value a leading batch axis."""
@@ -350,7 +357,7 @@ class AdapterLayer(keras.layers.Layer):
         variables themselves, or, once switching is enabled, those of the
         active slot (zeros when it names none); while routing per example,
         each example's, stacked on a leading batch axis."""
-        if self.active_slot is None and not self.routed:
+        if not self.switched:
             return variables if len(variables) > 1 else variables[0]
         template = self._template_variables()
         position = {id(v): i for i, v in enumerate(template)}
@@ -365,8 +372,7 @@ class AdapterLayer(keras.layers.Layer):
                 for slot, v in enumerate([variable] + [b[i] for b in banks])
             ]
             candidates = self._padded(template[i].name, candidates)
-            candidates.append(ops.zeros_like(candidates[0]))
-            values.append(ops.take(ops.stack(candidates), index, axis=0))
+            values.append(take_slot(candidates, index))
         return tuple(values) if len(values) > 1 else values[0]
 
     def slot_candidate(self, name, slot, value):
@@ -387,6 +393,14 @@ class AdapterLayer(keras.layers.Layer):
                 ops.pad(candidate, width) if width[axis][1] else candidate
             )
         return padded
+
+
+def take_slot(candidates, index):
+    """`candidates[index]` (one value per slot, of one shape), zeros for
+    `index == len(candidates)`; with `index` of shape `(batch,)`, one per
+    example, stacked."""
+    candidates = list(candidates) + [ops.zeros_like(candidates[0])]
+    return ops.take(ops.stack(candidates), index, axis=0)
 
 
 def _constant(value):

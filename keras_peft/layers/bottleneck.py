@@ -166,9 +166,7 @@ class Bottleneck(AdapterLayer):
             variables.append(self.learned_scale)
         values = self.slot_values(*variables)
         down_kernel, down_bias, up_kernel, up_bias = values[:4]
-        if self.learned_scale is None and (
-            self.active_slot is not None or self.routed
-        ):
+        if self.learned_scale is None and self.switched:
             # `slot_candidate` scaled each slot by its own scale.
             return down_kernel, down_bias, up_kernel, up_bias
         scale = self.scale if self.learned_scale is None else values[4]

@@ -301,7 +301,7 @@ class LoRADense(Wrapper, AdapterLayer):
         # Scaling the small B, not the activation-sized update, saves a
         # full-size multiply per call. Switched, `slot_values` scaled each
         # slot's B by its own scale.
-        if self.active_slot is None and not self.routed:
+        if not self.switched:
             lora_b = ops.multiply(lora_b, self.scale)
         lora_a = ops.cast(lora_a, inputs.dtype)
         lora_b = ops.cast(lora_b, inputs.dtype)

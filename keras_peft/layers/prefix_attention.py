@@ -260,9 +260,6 @@ class PrefixAttention(Wrapper, AdapterLayer):
             )
         mine.check_slot_source(theirs)
 
-    def _switched(self):
-        return self.active_slot is not None or self.routed
-
     def _acting_prefix(self):
         """The prefix to compute with: `prefix()`, or while switched the
         active slot's (zeros for none), each `(batch, l, heads, dim)` while
@@ -279,7 +276,7 @@ class PrefixAttention(Wrapper, AdapterLayer):
         A prefix cannot be switched off by zeros, as other adapters are:
         zero keys still take a share of the attention. Its keys are masked
         out instead."""
-        if not self._switched():
+        if not self.switched:
             return None
         return ops.less(self._slot_index(), max(len(self.slot_names), 1))
 
@@ -337,7 +334,7 @@ class PrefixAttention(Wrapper, AdapterLayer):
                 ops.ones((1, query_length, key_length), "bool"),
                 k=key_length - query_length,
             )
-        if attention_mask is None and self._switched():
+        if attention_mask is None and self.switched:
             # Masking the prefix out needs a mask.
             attention_mask = ops.ones((1, query_length, key_length), "bool")
         key = ops.concatenate([prefix_key, key], axis=1)
@@ -551,7 +548,7 @@ class T5PrefixAttention(PrefixAttention):
             )
         shape = (*leading, self.length)
         dtype = position_bias.dtype
-        if self._switched():
+        if self.switched:
             fill = (
                 _T5_MASK_BIAS_FLOAT16
                 if keras.backend.standardize_dtype(dtype) == "float16"

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.adapter_layer import take_slot
 from keras_peft.layers.validation import check_int
 
 
@@ -103,48 +104,30 @@ class PrefixReparametrization(AdapterLayer):
             )
         if slot is not None:
             return self._prefix(self.slot_variables(slot), index)
-        if self.active_slot is None and not self.routed:
+        if not self.switched:
             return self._prefix(self._variables(), index)
+        slots = range(max(len(self.slot_names), 1))
+        chosen = self._slot_index()
         if not self.routed:
             # The active slot's weights, this layer's columns of the output
             # layer only: stacking every slot's whole output kernel would
             # move `num_layers` times more.
-            slots = [
+            weights = [
                 self._layer_weights(
                     [v.value for v in self.slot_variables(slot)], index
                 )
-                for slot in range(len(self.slot_names))
+                for slot in slots
             ]
-            chosen = self._slot_index()
             return self._layer_prefix(
-                [
-                    ops.take(
-                        ops.stack(
-                            [w[i] for w in slots]
-                            + [ops.zeros_like(slots[0][i])]
-                        ),
-                        chosen,
-                        axis=0,
-                    )
-                    for i in range(5)
-                ]
+                [take_slot([w[i] for w in weights], chosen) for i in range(5)]
             )
         # Each slot's prefix, not the MLP's weights, is gathered per
         # example: the output kernel is far larger than the prefix.
         prefixes = [
-            self._prefix(self.slot_variables(slot), index)
-            for slot in range(max(len(self.slot_names), 1))
+            self._prefix(self.slot_variables(slot), index) for slot in slots
         ]
-        index = self._slot_index()
         return tuple(
-            ops.take(
-                ops.stack(
-                    [p[i] for p in prefixes] + [ops.zeros_like(prefixes[0][i])]
-                ),
-                index,
-                axis=0,
-            )
-            for i in (0, 1)
+            take_slot([p[i] for p in prefixes], chosen) for i in (0, 1)
         )
 
     def serve(self, index, attention_layer):

@@ -42,12 +42,8 @@ class _PassThrough(Wrapper, AdapterLayer):
     def _template_variables(self):
         return []
 
-    def slot_signature(self):
-        return {
-            key: repr(value)
-            for key, value in sorted(vars(self).items())
-            if key in self._signature_keys
-        }
+    def signature_config(self):
+        return {key: getattr(self, key) for key in self._signature_keys}
 
     _signature_keys = ()
 

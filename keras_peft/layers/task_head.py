@@ -56,7 +56,7 @@ class TaskHead(Wrapper, AdapterLayer):
 
     def call(self, inputs):
         base = self.base_layer
-        if self.active_slot is None and not self.routed:
+        if not self.switched:
             return base(inputs)
         values = self.slot_values(*self._template_variables())
         if base.bias is None:

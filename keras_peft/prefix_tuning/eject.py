@@ -76,9 +76,9 @@ def eject_prefix(model):
     `2 * length * hidden * n_attention_layers`, and serving no longer
     recomputes the prefix at every step. The applied config becomes
     `reparam=False` (what the model now is). In a model holding several
-    named adapters, every adapter's prefix is ejected. `save_adapter` stores the
-    computed prefix with or without this step. Re-compile before training
-    further.
+    named adapters, every adapter's prefix is ejected. `save_adapter`
+    stores the computed prefix with or without this step. Re-compile before
+    training further.
 
     Args:
         model: a model with reparametrized prefix tuning applied.

@@ -6,11 +6,9 @@ import keras
 import numpy as np
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 
-from keras_peft.core import layer_tree
+from keras_peft.core import switching
 from keras_peft.core import tokens
-from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.disabling import all_disabled
-from keras_peft.layers.wrapper import Wrapper
 
 
 def _key_value_inputs(layer, args, kwargs):
@@ -84,11 +82,7 @@ def text_prefixes(context, layers, config, tokenizer):
     )
     # The frozen model's activations: other adapters (a model holding
     # several named ones, or earlier configs) do not act.
-    applied = [
-        layer
-        for layer, _ in layer_tree.iter_layers(backbone)
-        if isinstance(layer, (Wrapper, AdapterLayer))
-    ]
+    applied = switching.peft_layers(backbone)
     with all_disabled(applied), _recording(layers) as found:
         backbone(
             context.architecture.text_inputs(backbone, ids), training=False
