@@ -25,14 +25,17 @@ ids through each variant's compiled `predict_on_batch`, the first calls
 (tracing) not timed, rounds alternating between the variants. Target: the
 mixed batches at least 0.85x the single-task throughput.
 
-Results replace the `multi_task` (LoRA), `multi_task_prompt` and
-`multi_task_prefix` sections of `benchmarks/RESULTS.md`.
+Results replace the `multi_task` (LoRA), `multi_task_prompt`,
+`multi_task_prompt_lengths` (prompts of 10 to 30 vectors, each example's
+placed per example) and `multi_task_prefix` sections of
+`benchmarks/RESULTS.md`.
 
 Run:
 
     python benchmarks/multi_task.py
     python benchmarks/multi_task.py --tasks 10 --rounds 2 --no-write
     python benchmarks/multi_task.py --methods prompt,prefix
+    python benchmarks/multi_task.py --methods prompt_lengths
 """
 
 import argparse
@@ -63,18 +66,34 @@ LABELS = {
     "mixed": "{tasks} {method} tasks, mixed batches (multi_task)",
 }
 PROMPT_LENGTH = 20
+
+
+def prompt_length(index):
+    """`--methods prompt_lengths`: task `index`'s prompt length, 10 to 30
+    (20 for the middle task, the single-task model)."""
+    return 10 + (index * 8 + 9) % 21
+
+
+# Each method's config for task `index` (`one` builds the middle task's).
 METHODS = {
-    "lora": ("LoRA", lambda: keras_peft.LoRAConfig(rank=8, alpha=16)),
+    "lora": ("LoRA", lambda index: keras_peft.LoRAConfig(rank=8, alpha=16)),
     "prompt": (
         "prompt",
-        lambda: keras_peft.PromptTuningConfig(
+        lambda index: keras_peft.PromptTuningConfig(
             length=PROMPT_LENGTH, init="random"
+        ),
+    ),
+    # Every example placed per example (`keras_peft.layers.prompt_layout`).
+    "prompt_lengths": (
+        "prompt",
+        lambda index: keras_peft.PromptTuningConfig(
+            length=prompt_length(index), init="random"
         ),
     ),
     # Served prefixes are ejected (or trained directly): no MLP.
     "prefix": (
         "prefix",
-        lambda: keras_peft.PrefixTuningConfig(
+        lambda index: keras_peft.PrefixTuningConfig(
             length=PROMPT_LENGTH, reparam=False
         ),
     ),
@@ -82,11 +101,14 @@ METHODS = {
 SECTIONS = {
     "lora": "multi_task",
     "prompt": "multi_task_prompt",
+    "prompt_lengths": "multi_task_prompt_lengths",
     "prefix": "multi_task_prefix",
 }
 ADAPTERS = {
     "lora": "LoRA rank 8 on q and v",
     "prompt": f"prompts of {PROMPT_LENGTH} vectors",
+    "prompt_lengths": "prompts of 10 to 30 vectors (20 for the single "
+    "task; the sequence grows by 30 in the 100-task model)",
     "prefix": f"prefixes of {PROMPT_LENGTH} keys and values per attention "
     "layer (no MLP)",
 }
@@ -96,10 +118,11 @@ def build(variant, args):
     """The variant's model and a function giving its inputs for a batch."""
     model = bench_models.bert_classifier(args.vocab, seed=args.seed)
     tasks = 1 if variant == "one" else args.tasks
+    indices = [args.tasks // 2] if variant == "one" else range(tasks)
     names = [f"task{i:03d}" for i in range(tasks)]
     rng = np.random.default_rng(args.seed)
-    for name in names:
-        keras_peft.apply(model, METHODS[args.method][1](), name=name)
+    for name, index in zip(names, indices):
+        keras_peft.apply(model, METHODS[args.method][1](index), name=name)
     # Trained-looking values: B off zero.
     for variable in model.trainable_weights:
         value = 0.02 * rng.normal(size=variable.shape)
@@ -187,13 +210,14 @@ def measure_throughput(args):
     }
 
 
-def adapter_bytes(args):
-    """What one more task adds, float32: its LoRA A and B (q and v of 4
+def adapter_bytes(args, index):
+    """What task `index` adds, float32: its LoRA A and B (q and v of 4
     layers), its prompt, or its prefix keys and values (4 layers), and its
     head."""
     adapter = {
         "lora": 4 * 2 * (256 * 8 + 8 * 256),
         "prompt": PROMPT_LENGTH * 256,
+        "prompt_lengths": prompt_length(index) * 256,
         "prefix": 4 * 2 * PROMPT_LENGTH * 256,
     }[args.method]
     head = 256 * 2 + 2
@@ -202,8 +226,10 @@ def adapter_bytes(args):
 
 def report(memory, throughput, args, wall, loads):
     one = throughput["one"]
-    per_task = adapter_bytes(args)
-    expected_growth = (args.tasks - 1) * per_task / 2**20
+    expected_growth = (
+        sum(adapter_bytes(args, index) for index in range(args.tasks))
+        - adapter_bytes(args, args.tasks // 2)
+    ) / 2**20
     growth = memory["active"]["variable_mib"] - memory["one"]["variable_mib"]
     switching = (
         memory["active"]["variable_mib"]
@@ -243,7 +269,8 @@ def report(memory, throughput, args, wall, loads):
     lines += [
         "",
         f"- Variables: {args.tasks} tasks hold {growth:.3f} MiB more than "
-        f"one; {args.tasks - 1} more tasks' {label} weights and heads are "
+        f"one; the {args.tasks - 1} more tasks' {label} weights and heads "
+        "are "
         f"{expected_growth:.3f} MiB, and the int32 slot variables "
         f"{switching * 2**20:.0f} bytes. Target (grows by the adapters' "
         "bytes only): "
@@ -274,7 +301,7 @@ def parse_args(argv):
     parser.add_argument(
         "--methods",
         default="lora,prompt",
-        help="comma-separated: lora, prompt",
+        help="comma-separated: lora, prompt, prompt_lengths, prefix",
     )
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--memory-child", choices=VARIANTS)

@@ -19,9 +19,11 @@ from tests import helpers
 BACKEND = keras.backend.backend()
 
 # What several adapters may be made of: LoRA, the bottleneck adapters,
-# prefixes, MAM, and prompts (every adapter with one, or none).
+# prefixes, MAM, and prompts (of any lengths, beside adapters without one).
 SWITCHABLE = {
     "prompt": lambda: keras_peft.PromptTuningConfig(length=3, init="random"),
+    # Longer than "prompt": shorter prompts leave positions unused.
+    "prompt5": lambda: keras_peft.PromptTuningConfig(length=5, init="random"),
     "prompt_and_lora": lambda: [
         keras_peft.PromptTuningConfig(length=3, init="random"),
         keras_peft.LoRAConfig(rank=2),
@@ -123,6 +125,9 @@ def _outputs_by_name(model, case):
         ("t5_backbone", ("lora", "adapters")),
         ("bert_classifier", ("prompt", "prompt_and_lora")),
         ("t5_backbone", ("prompt", "prompt_and_lora")),
+        # Prompts of other lengths, and an adapter without one.
+        ("bert_classifier", ("lora", "prompt5", "prompt_and_lora")),
+        ("t5_backbone", ("prompt5", "lora", "prompt")),
         # The LoRA adapter has no prefix: the others' are masked out.
         ("bert_classifier", ("prefix", "mam", "lora")),
         ("t5_backbone", ("prefix", "prefix_and_lora", "lora")),
@@ -148,8 +153,12 @@ def test_each_adapter_computes_what_it_computes_alone(
             assert json.load(f)["adapter_name"] == name
         alone = case.build()
         keras_peft.load_adapter(alone, str(tmp_path / name))
-        # Different ops: a stacked, gathered weight against the variable.
-        helpers.assert_outputs_close(case.outputs(alone), outputs[name], 1e-6)
+        # Different ops: a stacked, gathered weight against the variable
+        # (and, beside a longer prompt, attention over more, masked keys).
+        computed = case.outputs(alone)
+        helpers.assert_outputs_close(
+            computed, prompted_like(outputs[name], computed), 1e-6
+        )
     # The adapters differ: each switch changed the outputs.
     first, *rest = methods
     for name in rest:
@@ -165,6 +174,24 @@ def test_each_adapter_computes_what_it_computes_alone(
     assert keras_peft.active_adapter(both) == methods[0]
     for name, expected in _outputs_by_name(both, case).items():
         helpers.assert_outputs_close(expected, outputs[name], 1e-6)
+
+
+def prompted_like(outputs, like):
+    """`outputs` cut to the shapes of `like`: those of a model whose prompt
+    is shorter than the longest among the adapters that computed `outputs`
+    (T5's encoder output spans the prompt). An adapter's prompt and tokens
+    come first, then the positions a longer prompt of another adapter
+    adds, masked out."""
+
+    def cut(x, y):
+        x, shape = np.asarray(x), np.shape(y)
+        if x.shape == shape:
+            return x
+        axis = next(i for i, (a, b) in enumerate(zip(x.shape, shape)) if a != b)
+        assert x.shape[axis] > shape[axis], (x.shape, shape)
+        return np.take(x, np.arange(shape[axis]), axis=axis)
+
+    return keras.tree.map_structure(cut, outputs, like)
 
 
 def _count_traces(monkeypatch):
@@ -184,10 +211,18 @@ def _count_traces(monkeypatch):
 @pytest.mark.skipif(
     BACKEND == "torch", reason="torch runs eagerly: nothing is traced"
 )
-def test_set_active_retraces_neither_predict_nor_fit(monkeypatch):
+@pytest.mark.parametrize(
+    "methods",
+    [
+        ("lora", "lora"),
+        # A prompt and none: the sequence keeps the prompt's positions.
+        ("prompt_and_lora", "lora"),
+    ],
+)
+def test_set_active_retraces_neither_predict_nor_fit(monkeypatch, methods):
     case = helpers.MODEL_CASES["bert_classifier"]
     model = _named_model(
-        case, [("a", SWITCHABLE["lora"]()), ("b", SWITCHABLE["lora"]())]
+        case, [(n, SWITCHABLE[m]()) for n, m in zip("ab", methods)]
     )
     expected = _outputs_by_name(model, case)
     calls = _count_traces(monkeypatch)
@@ -357,6 +392,28 @@ def test_delete_adapter_keeps_the_others_and_frees_their_layers():
     helpers.assert_outputs_close(case.outputs(model), expected["c"], 1e-6)
 
 
+@pytest.mark.parametrize("model_name", ["bert_classifier", "t5_backbone"])
+def test_deleting_the_last_prompt_takes_the_prompt_layers_away(model_name):
+    case = helpers.MODEL_CASES[model_name]
+    model = _named_model(
+        case, [("a", SWITCHABLE["prompt5"]()), ("b", SWITCHABLE["lora"]())]
+    )
+    expected = _outputs_by_name(model, case)
+    keras_peft.delete_adapter(model, "a")
+    assert not [
+        layer
+        for layer in _adapter_layers(model)
+        if layer.method == "prompt_tuning"
+    ]
+    outputs = case.outputs(model)
+    # The sequence is the inputs' again; attention over fewer keys.
+    helpers.assert_outputs_close(
+        outputs, prompted_like(expected["b"], outputs), 1e-6
+    )
+    keras_peft.apply(model, SWITCHABLE["prompt"](), name="c")
+    assert keras_peft.adapter_names(model) == ("b", "c")
+
+
 def test_deleting_an_adapter_takes_its_taps_away(tmp_path):
     """A parallel adapter reading the FFN's input records it at another
     layer (a tap): deleting the adapter takes both away, and the model
@@ -427,13 +484,24 @@ def test_slots_made_while_the_backbone_is_frozen_save_and_load(tmp_path):
             "adapter",
             [4, 6],
         ),
+        (
+            {
+                "a": "prompt",
+                "b": "prompt5",
+                "c": "lora",
+                "d": "prompt_and_lora",
+            },
+            "prompt_tuning",
+            [3, 5, 3],
+        ),
     ],
 )
-def test_adapters_of_other_ranks_and_widths_share_a_layer(
+def test_adapters_of_other_ranks_widths_and_lengths_share_a_layer(
     methods, kind, widths, tmp_path
 ):
-    """Each slot keeps its LoRA rank and scale, or its bottleneck width and
-    scale (padded with zero components where slots are stacked): every
+    """Each slot keeps its LoRA rank and scale, its bottleneck width and
+    scale, or its prompt length (padded with zero components where slots
+    are stacked; a shorter prompt's unused positions masked out): every
     adapter computes what it computes alone, also after the adapter of
     slot 0 is deleted (its variables are made anew in another shape) and
     through a `.keras` file."""
@@ -444,11 +512,14 @@ def test_adapters_of_other_ranks_and_widths_share_a_layer(
     layer = next(
         layer
         for layer in _adapter_layers(model)
-        if layer.method == kind and len(layer.slot_names) > 1
+        if layer.method == kind
+        and len(layer.slot_names) > 1
+        and layer.padded_axes
     )
     first = layer.adapter_variables[0].name
+    axis = layer.padded_axes[first]
     assert [
-        tuple(v.shape)[-1]
+        tuple(v.shape)[axis]
         for v in layer.adapter_variables
         if v.name.split("__")[0] == first
     ] == widths
@@ -479,7 +550,7 @@ def test_adapters_of_other_ranks_and_widths_share_a_layer(
     assert layer.slot_names[0] == "b"
     own = layer.slot_variables(0)[0]
     assert own.path.endswith(f"/{first}")
-    assert tuple(own.shape)[-1] == widths[1]
+    assert tuple(own.shape)[axis] == widths[1]
     for name, outputs in _outputs_by_name(model, case).items():
         helpers.assert_outputs_close(outputs, expected[name], 1e-6)
     model.save(tmp_path / "model.keras")
@@ -524,10 +595,6 @@ def test_bad_names_and_deleting_the_active_adapter_leave_the_model():
         (
             lambda: keras_peft.LoRAConfig(rank=4, alpha=8, dropout=0.1),
             "dropout='0.1' instead of '0.0'",
-        ),
-        (
-            lambda: keras_peft.PromptTuningConfig(length=2, init="random"),
-            "'b' has a prompt and the adapters \\['a'\\] have none",
         ),
         (lambda: keras_peft.BitFitConfig(), "variables of the base model"),
         (
@@ -716,16 +783,9 @@ def test_prefixes_trained_through_their_mlp_load_beside_each_other(
         helpers.assert_outputs_close(outputs, expected[name], 1e-5)
 
 
-def test_no_second_adapter_without_a_prompt_or_beside_base_training():
+def test_no_second_adapter_beside_base_training():
     case = helpers.MODEL_CASES["bert_classifier"]
     for first, second, match in (
-        (SWITCHABLE["prompt"], SWITCHABLE["lora"], "'b' has none"),
-        # A prompt of another length.
-        (
-            SWITCHABLE["prompt"],
-            lambda: keras_peft.PromptTuningConfig(length=2, init="random"),
-            "prompt length='2' instead of '3'",
-        ),
         (keras_peft.BitFitConfig, SWITCHABLE["lora"], "base model itself"),
     ):
         model = case.build()
@@ -1018,3 +1078,8 @@ def test_a_prompt_adapter_takes_more_configs_and_reads_back_its_prompt():
     prompt.assign(keras.ops.convert_to_numpy(model_prompt))
     assert read["b"] == keras_peft.nearest_tokens(alone, tokenizer, k=2)
     assert read["a"] != read["b"]
+    # An adapter without a prompt has no tokens to read.
+    keras_peft.apply(model, SWITCHABLE["lora"](), name="c")
+    keras_peft.set_active(model, "c")
+    with pytest.raises(ValueError, match="'c' has no prompt.*\\['a', 'b'\\]"):
+        keras_peft.nearest_tokens(model, tokenizer, k=2)

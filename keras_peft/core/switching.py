@@ -12,7 +12,6 @@ import re
 from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
 from keras_peft.layers.adapter_layer import AdapterLayer
-from keras_peft.layers.prompt_sites import PromptInsertion
 from keras_peft.layers.site_host import SiteHost
 from keras_peft.layers.task_head import TaskHead
 from keras_peft.layers.wrapper import Wrapper
@@ -126,36 +125,6 @@ def check_joinable(context, name, others):
     )
 
 
-def _check_prompts(context, name, others, built):
-    """Raises a `ValueError` unless adapter `name` has a prompt exactly
-    when the model's other adapters do: a prompt lengthens the sequence,
-    so it cannot be switched off while another adapter acts."""
-    had = any(
-        isinstance(layer, PromptInsertion)
-        for layer in adapter_layers(context.backbone)
-    )
-    state = state_lib.get_state(context.backbone)
-    has = any(isinstance(layer, PromptInsertion) for layer in built) or (
-        name in state.adapters
-        and any(
-            c.method == "prompt_tuning" for c in state.adapters[name].configs
-        )
-    )
-    if had == has:
-        return
-    if had:
-        reason = f"the adapters {others} have prompts and {name!r} has none"
-    else:
-        reason = f"{name!r} has a prompt and the adapters {others} have none"
-    raise ValueError(
-        f"Cannot add adapter {name!r}: {reason}. A prompt lengthens the "
-        "sequence and cannot be switched off while another adapter acts: "
-        "in a model holding several adapters, every adapter has a prompt "
-        "of the same length, or none has (apply an adapter's prompt and "
-        "its other configs in one call)."
-    )
-
-
 def check_plans_joinable(context, name, others, configs, method_plans):
     """Raises a `ValueError` unless adapter `name`'s planned layers can be
     switched off while one of `others` acts."""
@@ -164,7 +133,6 @@ def check_plans_joinable(context, name, others, configs, method_plans):
         built += [r.new for r in plan.replacements]
         built += [d.module for d in plan.deltas]
     _check_not_fixed(name, others, unswitchable_kinds(built), "its")
-    _check_prompts(context, name, others, built)
     _check_no_kept(
         name,
         others,

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_peft.layers import prompt_layout
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.validation import check_int
 
@@ -17,6 +18,11 @@ class PromptEmbedding(AdapterLayer):
     a leading `[CLS]`), and the mask grows with ones for it. With
     `num_prompts=K > 1` the layer holds a bank of K prompts and a `task_ids
     [B]` input picks one per example, so one batch can mix tasks.
+    Named adapters sharing the layer may have prompts of other lengths (or,
+    where the layer holds none for an adapter, no prompt): the sequence
+    then grows by the longest, `total_length`, and a shorter prompt's
+    unused positions go to the end, masked out
+    (`keras_peft.layers.prompt_layout`).
 
     Args:
         length: int. Number of prompt vectors `l`.
@@ -41,6 +47,10 @@ class PromptEmbedding(AdapterLayer):
 
     method = "prompt_tuning"
     switchable = True
+    # Named adapters sharing the layer may have prompts of other lengths
+    # (`keras_peft.layers.prompt_layout`).
+    per_slot_settings = ("length",)
+    padded_axes = {"prompt": 1}
 
     def __init__(
         self,
@@ -94,42 +104,50 @@ class PromptEmbedding(AdapterLayer):
             return ops.repeat(prompt, batch_size, axis=0)
         return ops.take(prompt, ops.cast(task_ids, "int32"), axis=0)
 
+    @property
+    def total_length(self):
+        """The positions the prompt adds to a sequence: `length`, or the
+        longest prompt among the named adapters sharing the layer."""
+        return prompt_layout.total_length(self)
+
+    def example_lengths(self):
+        """Each example's prompt length (`prompt_layout.example_lengths`),
+        or `None` when every prompt fills `total_length` positions."""
+        if self.num_prompts != 1:
+            return None
+        return prompt_layout.example_lengths(self)
+
     def call(self, embeddings, padding_mask=None, task_ids=None):
         batch_size = ops.shape(embeddings)[0]
         prompts = ops.cast(
             self._prompts_for(batch_size, task_ids), embeddings.dtype
         )
-        head = embeddings[:, : self.insert_at]
-        tail = embeddings[:, self.insert_at :]
-        outputs = ops.concatenate([head, prompts, tail], axis=1)
+        lengths = self.example_lengths()
+        at = self.insert_at
+        outputs = prompt_layout.insert(embeddings, prompts, at, lengths)
         if padding_mask is None:
             padding_mask = ops.ones(ops.shape(embeddings)[:2], "int32")
-        ones = ops.ones((batch_size, self.length), padding_mask.dtype)
-        mask = ops.concatenate(
-            [
-                padding_mask[:, : self.insert_at],
-                ones,
-                padding_mask[:, self.insert_at :],
-            ],
-            axis=1,
+        block = prompt_layout.block_mask(
+            lengths, self.total_length, padding_mask
         )
+        mask = prompt_layout.insert(padding_mask, block, at, lengths)
         return outputs, mask
 
     def remove_prompt(self, sequence):
-        """Drops the prompt positions from a `[B, length + T, ...]` tensor."""
-        return ops.concatenate(
-            [
-                sequence[:, : self.insert_at],
-                sequence[:, self.insert_at + self.length :],
-            ],
-            axis=1,
+        """Drops the prompt positions from a `[B, total_length + T, ...]`
+        tensor."""
+        return prompt_layout.strip(
+            sequence,
+            self.total_length,
+            self.insert_at,
+            self.example_lengths(),
         )
 
     def compute_output_shape(
         self, embeddings_shape, padding_mask_shape=None, task_ids_shape=None
     ):
         length = embeddings_shape[1]
-        length = None if length is None else length + self.length
+        length = None if length is None else length + self.total_length
         batch = embeddings_shape[0]
         return (batch, length, embeddings_shape[-1]), (batch, length)
 

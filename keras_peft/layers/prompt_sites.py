@@ -3,18 +3,11 @@ after it in step with the longer sequence."""
 
 from keras import ops
 
+from keras_peft.layers import prompt_layout
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.disabling import is_disabled
 from keras_peft.layers.validation import check_int
 from keras_peft.layers.wrapper import Wrapper
-
-
-def _insert_ones(mask, length, insert_at):
-    """Grows a mask's last axis by `length` ones at `insert_at`."""
-    ones = ops.ones((*ops.shape(mask)[:-1], length), mask.dtype)
-    return ops.concatenate(
-        [mask[..., :insert_at], ones, mask[..., insert_at:]], axis=-1
-    )
 
 
 class _PassThrough(Wrapper, AdapterLayer):
@@ -27,9 +20,9 @@ class _PassThrough(Wrapper, AdapterLayer):
     """
 
     method = "prompt_tuning"
-    # No weights of their own: every adapter of the model has a prompt of
-    # the same length (a prompt cannot be switched off), and the wrappers
-    # keep the longer sequence in step whichever acts.
+    # No weights of their own: the sequence keeps the longest prompt's
+    # length whichever adapter acts, and the wrappers place each example's
+    # prompt (`prompt_layout`).
     switchable = True
 
     def build(self, *args, **kwargs):
@@ -117,16 +110,17 @@ class PromptInsertion(_PassThrough):
 
     def _insert(self, sequence):
         length = sequence.shape[1]
+        total = self.prompt.total_length
         if (
             self.max_length is not None
             and length is not None
-            and length + self.prompt.length > self.max_length
+            and length + total > self.max_length
         ):
             raise ValueError(
                 f"Inputs of length {length} do not fit with a prompt of "
-                f"length {self.prompt.length}: the model takes at most "
+                f"length {total}: the model takes at most "
                 f"{self.max_length} positions, so inputs may be at most "
-                f"{self.max_length - self.prompt.length} long."
+                f"{self.max_length - total} long."
             )
         return self.prompt(sequence)[0]
 
@@ -137,8 +131,12 @@ class PromptInsertion(_PassThrough):
             return self._insert(self.base_layer(inputs, *args, **kwargs))
         mask = kwargs.get(self.mask_argument)
         if mask is not None:
-            kwargs[self.mask_argument] = _insert_ones(
-                mask, self.prompt.length, self.prompt.insert_at
+            lengths = self.prompt.example_lengths()
+            block = prompt_layout.block_mask(
+                lengths, self.prompt.total_length, mask
+            )
+            kwargs[self.mask_argument] = prompt_layout.insert(
+                mask, block, self.prompt.insert_at, lengths, axis=-1
             )
         return self.base_layer(self._insert(inputs), *args, **kwargs)
 
@@ -151,7 +149,9 @@ class PromptAlignment(_PassThrough):
 
     Args:
         base_layer: the wrapped layer.
-        length: int. Prompt length.
+        length: int. Prompt length. Named adapters sharing the wrapper
+            keep their own; the sequence grows by the longest
+            (`prompt_layout`).
         insert_at: int. Sequence position of the prompt.
         mask_argument: str or `None`. A mask argument whose last axis grows
             by `length` ones at `insert_at`.
@@ -195,8 +195,9 @@ class PromptAlignment(_PassThrough):
         self.strip_output = strip_output
         self.build()
 
+    # Each named adapter's prompt has its own length.
+    per_slot_settings = ("length",)
     _signature_keys = (
-        "length",
         "insert_at",
         "mask_argument",
         "cache_argument",
@@ -205,7 +206,7 @@ class PromptAlignment(_PassThrough):
         "strip_output",
     )
 
-    def _grow_cache(self, cache, kwargs):
+    def _grow_cache(self, cache, kwargs, total):
         if kwargs.get(self.cache_index_argument) is None:
             return cache
         keys = kwargs.get("encoder_hidden_states")
@@ -215,8 +216,9 @@ class PromptAlignment(_PassThrough):
             and cache.shape[2] == keys.shape[1]
         ):
             return cache  # already sized for the prompted sequence
+        # Rows the cache fill overwrites: only their number matters.
         zeros = ops.zeros(
-            (*ops.shape(cache)[:2], self.length, *ops.shape(cache)[3:]),
+            (*ops.shape(cache)[:2], total, *ops.shape(cache)[3:]),
             cache.dtype,
         )
         at = self.insert_at
@@ -227,23 +229,24 @@ class PromptAlignment(_PassThrough):
     def call(self, inputs, *args, **kwargs):
         if is_disabled(self):
             return self.base_layer(inputs, *args, **kwargs)
+        total = prompt_layout.total_length(self)
+        lengths = prompt_layout.example_lengths(self)
+        at = self.insert_at
         mask = kwargs.get(self.mask_argument)
         if mask is not None:
-            kwargs[self.mask_argument] = _insert_ones(
-                mask, self.length, self.insert_at
+            block = prompt_layout.block_mask(lengths, total, mask)
+            kwargs[self.mask_argument] = prompt_layout.insert(
+                mask, block, at, lengths, axis=-1
             )
         cache = kwargs.get(self.cache_argument)
         if cache is not None:
-            kwargs[self.cache_argument] = self._grow_cache(cache, kwargs)
+            kwargs[self.cache_argument] = self._grow_cache(cache, kwargs, total)
         outputs = self.base_layer(inputs, *args, **kwargs)
         first = _first(outputs)
-        at = self.insert_at
         if self.fill_output:
             source = max(at - 1, 0)
-            copies = ops.repeat(first[:, source : source + 1], self.length, 1)
-            first = ops.concatenate([first[:, :at], copies, first[:, at:]], 1)
+            copies = ops.repeat(first[:, source : source + 1], total, 1)
+            first = prompt_layout.insert(first, copies, at, lengths)
         elif self.strip_output:
-            first = ops.concatenate(
-                [first[:, :at], first[:, at + self.length :]], axis=1
-            )
+            first = prompt_layout.strip(first, total, at, lengths)
         return _with_first(outputs, first)

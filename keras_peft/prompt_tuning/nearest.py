@@ -64,7 +64,15 @@ def nearest_tokens(model, tokenizer, k=5):
     prompt = prompts[0]
     names = prompt.slot_names
     state = state_lib.get_state(context.backbone)
-    slot = names.index(state.active) if state and state.active in names else 0
+    slot = 0
+    if state and names and len(state.adapters) > 1:
+        if state.active not in names:
+            raise ValueError(
+                f"The active adapter {state.active!r} has no prompt; the "
+                f"adapters with one are {list(names)}. Activate one of "
+                "them (`keras_peft.set_active`)."
+            )
+        slot = names.index(state.active)
     bank = np.asarray(
         keras.ops.convert_to_numpy(prompt.slot_variables(slot)[0]), "float32"
     )

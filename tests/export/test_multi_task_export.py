@@ -10,12 +10,15 @@ import tensorflow as tf
 
 import keras_peft
 from tests import helpers
+from tests.test_multi_task import MIXED_PROMPT_TASKS
 from tests.test_multi_task import PREFIX_TASKS
 from tests.test_multi_task import TASK_IDS
 from tests.test_multi_task import _server
 
 
-@pytest.mark.parametrize("tasks", [None, PREFIX_TASKS["bert_classifier"]])
+@pytest.mark.parametrize(
+    "tasks", [None, PREFIX_TASKS["bert_classifier"], MIXED_PROMPT_TASKS]
+)
 def test_a_multi_task_model_serves_every_task(tmp_path, tasks):
     case, model, server, _ = _server("bert_classifier", tasks)
     inputs = {**case.inputs(), "task_ids": TASK_IDS}

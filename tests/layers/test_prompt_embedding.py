@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_peft.layers import PromptEmbedding
+from keras_peft.layers import routing
 from tests import helpers
 
 
@@ -42,6 +43,65 @@ def test_inserts_prompt_and_grows_mask(insert_at):
         helpers.numpy(layer.remove_prompt(outputs)), embeddings
     )
     assert layer.compute_output_shape((2, 4, 3)) == ((2, 6, 3), (2, 6))
+
+
+def _two_lengths(insert_at):
+    """A layer holding adapter "a"'s prompt of length 2 and "b"'s of
+    length 4, as named adapters leave it."""
+    layer = PromptEmbedding(length=2, insert_at=insert_at)
+    layer.build((None, None, 3))
+    source = PromptEmbedding(length=4, insert_at=insert_at)
+    source.build((None, None, 3))
+    layer.set_slot_names(["a"])
+    layer.add_slot("b", source)
+    layer.enable_switching()
+    return layer, layer.prompt.numpy()[0], source.prompt.numpy()[0]
+
+
+@pytest.mark.parametrize("insert_at", [0, 1])
+def test_prompts_of_other_lengths_keep_each_examples_tokens_in_place(
+    insert_at,
+):
+    """Each example gets its adapter's prompt, then its tokens (where a
+    model with only that prompt has them), then the unused positions of
+    the longest prompt, masked out; an adapter without a prompt here gets
+    no prompt. `remove_prompt` gives the tokens back."""
+    embeddings, mask = _inputs(batch=3)
+    layer, prompt_a, prompt_b = _two_lengths(insert_at)
+    assert layer.total_length == 4
+    assert layer.compute_output_shape((3, 4, 3)) == ((3, 8, 3), (3, 8))
+    head, tail = embeddings[:, :insert_at], embeddings[:, insert_at:]
+    with routing.per_example(["a", "b", "none"], np.array([1, 0, 2])):
+        outputs, new_mask = helpers.numpy(layer(embeddings, mask))
+        stripped = helpers.numpy(layer.remove_prompt(outputs))
+    for row, prompt in enumerate([prompt_b, prompt_a, prompt_a[:0]]):
+        unused = 4 - len(prompt)
+        expected = np.concatenate(
+            [head[row], prompt, tail[row], np.zeros((unused, 3))]
+        )
+        expected_mask = np.concatenate(
+            [
+                mask[row, :insert_at],
+                np.ones(len(prompt), "int32"),
+                mask[row, insert_at:],
+                np.zeros(unused, "int32"),
+            ]
+        )
+        # Exact: values are only copied, concatenated and gathered.
+        np.testing.assert_array_equal(outputs[row], expected)
+        np.testing.assert_array_equal(new_mask[row], expected_mask)
+    np.testing.assert_array_equal(stripped, embeddings)
+    # Switched (not routed): the active adapter's prompt for every row.
+    layer.select("a")
+    outputs, new_mask = helpers.numpy(layer(embeddings, mask))
+    np.testing.assert_array_equal(
+        outputs[:, insert_at : insert_at + 2],
+        np.repeat(prompt_a[None], 3, axis=0),
+    )
+    np.testing.assert_array_equal(new_mask[:, -2:], np.zeros((3, 2)))
+    np.testing.assert_array_equal(
+        helpers.numpy(layer.remove_prompt(outputs)), embeddings
+    )
 
 
 def test_random_init_is_uniform_in_half_unit_interval():
