@@ -1,6 +1,7 @@
 """Prompt tuning: trainable vectors inserted among the input embeddings."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_peft.layers import prompt_layout
@@ -83,8 +84,35 @@ class PromptEmbedding(AdapterLayer):
             initializer=self.prompt_initializer,
         )
 
+    def _slot_prompts(self):
+        """`slot_values(self.prompt)`, padded to `total_length`. Slots of
+        several lengths are laid end to end and each picked prompt's rows
+        gathered (zero rows past its length): two gathers for any number
+        of slots, where padding each slot to one shape first costs an op
+        per slot."""
+        lengths = prompt_layout.slot_lengths(self)
+        if not self.switched or self.num_prompts != 1 or len(set(lengths)) == 1:
+            return self.slot_values(self.prompt)
+        # `.value`: read as the layer reads its variables (autocast).
+        values = [
+            self.slot_variables(s)[0].value[0] for s in range(len(lengths))
+        ]
+        zero = ops.zeros((1, values[0].shape[-1]), values[0].dtype)
+        rows = ops.concatenate(values + [zero], axis=0)
+        # Row `sum(lengths)` is the zero row; the last line is "no slot".
+        table = np.full((len(lengths) + 1, max(lengths)), sum(lengths))
+        starts = np.cumsum([0] + lengths[:-1])
+        for slot, (start, length) in enumerate(zip(starts, lengths)):
+            table[slot, :length] = np.arange(start, start + length)
+        picked = ops.take(
+            ops.convert_to_tensor(table, "int32"), self._slot_index(), axis=0
+        )
+        prompts = ops.take(rows, picked, axis=0)
+        # The shape `slot_values` gives: `(1, l, d)`, or `(batch, 1, l, d)`.
+        return ops.expand_dims(prompts, 1 if self.routed else 0)
+
     def _prompts_for(self, batch_size, task_ids):
-        prompt = self.slot_values(self.prompt)
+        prompt = self._slot_prompts()
         if self.routed:
             # One prompt per example, by its adapter: `(batch, 1, l, d)`.
             if self.num_prompts != 1 or task_ids is not None:
@@ -103,6 +131,16 @@ class PromptEmbedding(AdapterLayer):
                 )
             return ops.repeat(prompt, batch_size, axis=0)
         return ops.take(prompt, ops.cast(task_ids, "int32"), axis=0)
+
+    def check_slot_source(self, source):
+        super().check_slot_source(source)
+        if self.num_prompts != 1 and source.length != self.length:
+            raise ValueError(
+                f"PromptEmbedding {self.name!r} holds a bank of "
+                f"{self.num_prompts} prompts of length {self.length}; "
+                f"another adapter's prompts must have that length too, "
+                f"not {source.length}."
+            )
 
     @property
     def total_length(self):

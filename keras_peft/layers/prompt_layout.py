@@ -124,9 +124,20 @@ def _size(x, axis):
 
 
 def _gather(x, indices, axis):
-    """`x` gathered along `axis` by `indices` `(1 or batch, n)`."""
+    """`x` gathered along `axis` by `indices` `(1 or batch, n)`: positions
+    `indices[b]` of example `b`."""
     rank = len(x.shape)
     axis = axis % rank
+    if indices.shape[0] == 1:
+        # One arrangement for every example (the active adapter's).
+        return ops.take(x, indices[0], axis=axis)
+    if axis == 1:
+        # Whole rows of a flattened batch: one gather, where
+        # `take_along_axis` would index (and transpose) every element.
+        batch, count = ops.shape(x)[0], ops.shape(x)[1]
+        rows = ops.reshape(x, (-1, *x.shape[2:]))
+        offsets = ops.arange(batch, dtype="int32")[:, None] * count
+        return ops.take(rows, indices + offsets, axis=0)
     rows, count = ops.shape(indices)
     shape = [rows] + [1] * (rank - 1)
     shape[axis] = count

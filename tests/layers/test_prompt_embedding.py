@@ -104,6 +104,19 @@ def test_prompts_of_other_lengths_keep_each_examples_tokens_in_place(
     )
 
 
+def test_a_bank_of_prompts_takes_slots_of_its_length_only():
+    layer = PromptEmbedding(length=2, num_prompts=2)
+    layer.build((None, None, 3))
+    layer.set_slot_names(["a"])
+    other = PromptEmbedding(length=3, num_prompts=2)
+    other.build((None, None, 3))
+    with pytest.raises(ValueError, match="length 2.*not 3"):
+        layer.check_slot_source(other)
+    same = PromptEmbedding(length=2, num_prompts=2)
+    same.build((None, None, 3))
+    layer.check_slot_source(same)
+
+
 def test_random_init_is_uniform_in_half_unit_interval():
     layer = PromptEmbedding(length=50)
     layer(*_inputs(width=40))
