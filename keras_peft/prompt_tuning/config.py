@@ -38,6 +38,10 @@ class PromptTuningConfig(config_lib.PeftConfig):
     long) and is removed from `sequence_output`, so outputs keep their input
     length. T5: the prompt is prepended to the encoder input, whose output
     (and the decoder's cross-attention) then spans `length + T` positions.
+    Named adapters sharing a model (`keras_peft.apply(..., name=...)`) may
+    have prompts of other lengths, or none: the sequence grows by the
+    longest, each adapter's unused positions masked out
+    (docs/multi_task.md).
 
     Args:
         length: int. Number of prompt vectors `l`. Defaults to `20`.
