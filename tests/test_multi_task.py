@@ -22,9 +22,12 @@ TASKS = {
 }
 # Every task with a prompt (of one length), one also with LoRA.
 PROMPT_TASKS = ("prompt", "prompt_and_lora", "prompt")
-# Prompts of two lengths and a task without one: the shorter prompts'
-# unused positions and the prompt-less task's are masked out.
-MIXED_PROMPT_TASKS = ("prompt5", "lora", "prompt_and_lora")
+# Prompts of two lengths (slot 0's the shorter) and a task without one:
+# the shorter prompt's unused positions and the prompt-less task's are
+# masked out.
+MIXED_PROMPT_TASKS = ("prompt_and_lora", "lora", "prompt5")
+# Prompts of one length beside a task without one.
+SOME_PROMPT_TASKS = ("prompt", "lora", "prompt_and_lora")
 # Prefixes (MAM's among them), and a task without one: its examples
 # mask the prefix out.
 PREFIX_TASKS = {
@@ -61,6 +64,7 @@ def _rows(outputs, index):
         ("t5_backbone", PROMPT_TASKS),
         ("bert_classifier", MIXED_PROMPT_TASKS),
         ("t5_backbone", MIXED_PROMPT_TASKS),
+        ("bert_classifier", SOME_PROMPT_TASKS),
         ("bert_classifier", PREFIX_TASKS["bert_classifier"]),
         ("t5_backbone", PREFIX_TASKS["t5_backbone"]),
         ("bert_classifier", PREFIX_MLP_TASKS),

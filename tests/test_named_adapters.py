@@ -127,7 +127,7 @@ def _outputs_by_name(model, case):
         ("t5_backbone", ("prompt", "prompt_and_lora")),
         # Prompts of other lengths, and an adapter without one.
         ("bert_classifier", ("lora", "prompt5", "prompt_and_lora")),
-        ("t5_backbone", ("prompt5", "lora", "prompt")),
+        ("t5_backbone", ("prompt", "lora", "prompt5")),
         # The LoRA adapter has no prefix: the others' are masked out.
         ("bert_classifier", ("prefix", "mam", "lora")),
         ("t5_backbone", ("prefix", "prefix_and_lora", "lora")),

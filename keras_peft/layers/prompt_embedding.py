@@ -151,8 +151,6 @@ class PromptEmbedding(AdapterLayer):
     def example_lengths(self):
         """Each example's prompt length (`prompt_layout.example_lengths`),
         or `None` when every prompt fills `total_length` positions."""
-        if self.num_prompts != 1:
-            return None
         return prompt_layout.example_lengths(self)
 
     def call(self, embeddings, padding_mask=None, task_ids=None):

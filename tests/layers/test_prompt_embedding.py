@@ -115,6 +115,21 @@ def test_a_bank_of_prompts_takes_slots_of_its_length_only():
     same = PromptEmbedding(length=2, num_prompts=2)
     same.build((None, None, 3))
     layer.check_slot_source(same)
+    # An adapter holding no slot here has no prompt: masked out.
+    layer.enable_switching()
+    embeddings, mask = _inputs()
+    ids = np.array([0, 1])
+    ones, zeros = np.ones((2, 2), "int32"), np.zeros((2, 2), "int32")
+    for name, expected in (
+        ("none", np.concatenate([mask, zeros], 1)),
+        ("a", np.concatenate([ones, mask], 1)),
+    ):
+        layer.select(name)
+        outputs, new_mask = helpers.numpy(layer(embeddings, mask, ids))
+        np.testing.assert_array_equal(new_mask, expected)
+        np.testing.assert_array_equal(
+            helpers.numpy(layer.remove_prompt(outputs)), embeddings
+        )
 
 
 def test_random_init_is_uniform_in_half_unit_interval():
