@@ -1,7 +1,6 @@
 """Prompt tuning: trainable vectors inserted among the input embeddings."""
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_peft.layers import prompt_layout
@@ -84,35 +83,8 @@ class PromptEmbedding(AdapterLayer):
             initializer=self.prompt_initializer,
         )
 
-    def _slot_prompts(self):
-        """`slot_values(self.prompt)`, padded to `total_length`. Slots of
-        several lengths are laid end to end and each picked prompt's rows
-        gathered (zero rows past its length): two gathers for any number
-        of slots, where padding each slot to one shape first costs an op
-        per slot."""
-        lengths = prompt_layout.slot_lengths(self)
-        if not self.switched or self.num_prompts != 1 or len(set(lengths)) == 1:
-            return self.slot_values(self.prompt)
-        # `.value`: read as the layer reads its variables (autocast).
-        values = [
-            self.slot_variables(s)[0].value[0] for s in range(len(lengths))
-        ]
-        zero = ops.zeros((1, values[0].shape[-1]), values[0].dtype)
-        rows = ops.concatenate(values + [zero], axis=0)
-        # Row `sum(lengths)` is the zero row; the last line is "no slot".
-        table = np.full((len(lengths) + 1, max(lengths)), sum(lengths))
-        starts = np.cumsum([0] + lengths[:-1])
-        for slot, (start, length) in enumerate(zip(starts, lengths)):
-            table[slot, :length] = np.arange(start, start + length)
-        picked = ops.take(
-            ops.convert_to_tensor(table, "int32"), self._slot_index(), axis=0
-        )
-        prompts = ops.take(rows, picked, axis=0)
-        # The shape `slot_values` gives: `(1, l, d)`, or `(batch, 1, l, d)`.
-        return ops.expand_dims(prompts, 1 if self.routed else 0)
-
     def _prompts_for(self, batch_size, task_ids):
-        prompt = self._slot_prompts()
+        prompt = self.slot_values(self.prompt)
         if self.routed:
             # One prompt per example, by its adapter: `(batch, 1, l, d)`.
             if self.num_prompts != 1 or task_ids is not None:
@@ -148,25 +120,19 @@ class PromptEmbedding(AdapterLayer):
         longest prompt among the named adapters sharing the layer."""
         return prompt_layout.total_length(self)
 
-    def example_lengths(self):
-        """Each example's prompt length (`prompt_layout.example_lengths`),
-        or `None` when every prompt fills `total_length` positions."""
-        return prompt_layout.example_lengths(self)
-
     def call(self, embeddings, padding_mask=None, task_ids=None):
         batch_size = ops.shape(embeddings)[0]
         prompts = ops.cast(
             self._prompts_for(batch_size, task_ids), embeddings.dtype
         )
-        lengths = self.example_lengths()
+        lengths = prompt_layout.example_lengths(self)
         at = self.insert_at
         outputs = prompt_layout.insert(embeddings, prompts, at, lengths)
         if padding_mask is None:
             padding_mask = ops.ones(ops.shape(embeddings)[:2], "int32")
-        block = prompt_layout.block_mask(
-            lengths, self.total_length, padding_mask
+        mask = prompt_layout.grow_mask(
+            padding_mask, self.total_length, at, lengths
         )
-        mask = prompt_layout.insert(padding_mask, block, at, lengths)
         return outputs, mask
 
     def remove_prompt(self, sequence):
@@ -176,7 +142,7 @@ class PromptEmbedding(AdapterLayer):
             sequence,
             self.total_length,
             self.insert_at,
-            self.example_lengths(),
+            prompt_layout.example_lengths(self),
         )
 
     def compute_output_shape(

@@ -76,23 +76,26 @@ def insert(sequence, block, at, lengths, axis=1):
     return _gather(outputs, indices, axis)
 
 
-def block_mask(lengths, total, like, axis=-1):
-    """The mask of a `total`-position block to insert into mask `like`:
-    ones for each example's used positions, zeros for the rest."""
-    shape = [1] * len(like.shape)
-    axis = axis % len(like.shape)
+def grow_mask(mask, total, at, lengths, axis=-1):
+    """`mask` grown along `axis` by the `total` prompt positions `insert`
+    puts in: ones for each example's prompt, zeros for its unused
+    positions, laid out as `insert` lays out the sequence."""
+    rank = len(mask.shape)
+    axis = axis % rank
+    shape = [1] * rank
     shape[axis] = total
     if lengths is None:
-        block = ops.ones(shape, like.dtype)
+        block = ops.ones(shape, mask.dtype)
     else:
-        used = ops.reshape(lengths, [-1] + [1] * (len(like.shape) - 1))
+        used = ops.reshape(lengths, [-1] + [1] * (rank - 1))
         block = ops.cast(
             ops.reshape(ops.arange(total, dtype="int32"), shape) < used,
-            like.dtype,
+            mask.dtype,
         )
-    target = list(ops.shape(like))
+    target = list(ops.shape(mask))
     target[axis] = total
-    return ops.broadcast_to(block, target)
+    block = ops.broadcast_to(block, target)
+    return insert(mask, block, at, lengths, axis)
 
 
 def strip(sequence, total, at, lengths, axis=1):

@@ -131,12 +131,11 @@ class PromptInsertion(_PassThrough):
             return self._insert(self.base_layer(inputs, *args, **kwargs))
         mask = kwargs.get(self.mask_argument)
         if mask is not None:
-            lengths = self.prompt.example_lengths()
-            block = prompt_layout.block_mask(
-                lengths, self.prompt.total_length, mask
-            )
-            kwargs[self.mask_argument] = prompt_layout.insert(
-                mask, block, self.prompt.insert_at, lengths, axis=-1
+            kwargs[self.mask_argument] = prompt_layout.grow_mask(
+                mask,
+                self.prompt.total_length,
+                self.prompt.insert_at,
+                prompt_layout.example_lengths(self.prompt),
             )
         return self.base_layer(self._insert(inputs), *args, **kwargs)
 
@@ -234,9 +233,8 @@ class PromptAlignment(_PassThrough):
         at = self.insert_at
         mask = kwargs.get(self.mask_argument)
         if mask is not None:
-            block = prompt_layout.block_mask(lengths, total, mask)
-            kwargs[self.mask_argument] = prompt_layout.insert(
-                mask, block, at, lengths, axis=-1
+            kwargs[self.mask_argument] = prompt_layout.grow_mask(
+                mask, total, at, lengths
             )
         cache = kwargs.get(self.cache_argument)
         if cache is not None:
