@@ -36,6 +36,13 @@ PREFIX_TASKS = {
 }
 # Prefixes computed by their MLPs (one MLP layer, a slot each).
 PREFIX_MLP_TASKS = ("prefix_mlp", "lora", "mam_mlp")
+# Base variables each task trains, kept per task: BitFit's biases (the
+# FFN's and the pooler's inside their activations), LoRA's, Houlsby's
+# layer norms (scale and offset); T5's norm weights.
+KEPT_TASKS = {
+    "bert_classifier": ("bitfit", "lora_bias", "houlsby"),
+    "t5_backbone": ("houlsby", "lora", "houlsby_wide"),
+}
 # Three tasks over a batch of 4: every task, one twice.
 TASK_IDS = np.array([2, 0, 1, 2], "int32")
 
@@ -68,6 +75,8 @@ def _rows(outputs, index):
         ("bert_classifier", PREFIX_TASKS["bert_classifier"]),
         ("t5_backbone", PREFIX_TASKS["t5_backbone"]),
         ("bert_classifier", PREFIX_MLP_TASKS),
+        ("bert_classifier", KEPT_TASKS["bert_classifier"]),
+        ("t5_backbone", KEPT_TASKS["t5_backbone"]),
     ],
 )
 def test_each_row_equals_its_task_run_alone(model_name, tasks):
@@ -105,6 +114,9 @@ def test_one_adapter_serves_as_the_model_computes():
         ("t5_seq2seq", PREFIX_TASKS["t5_backbone"], 0),
         ("bert_classifier", MIXED_PROMPT_TASKS, 0),
         ("t5_seq2seq", MIXED_PROMPT_TASKS, 2),
+        ("bert_classifier", KEPT_TASKS["bert_classifier"], 0),
+        ("bert_classifier", KEPT_TASKS["bert_classifier"], 2),
+        ("t5_seq2seq", KEPT_TASKS["t5_backbone"], 1),
     ],
 )
 def test_mixed_batches_train_each_task_from_its_own_examples(

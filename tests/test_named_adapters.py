@@ -11,6 +11,7 @@ import pytest
 
 import keras_peft
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.kept_variable import KeptVariable
 from keras_peft.layers.lora_dense import LoRADense
 from keras_peft.layers.prefix_attention import PrefixAttention
 from keras_peft.layers.prefix_reparametrization import PrefixReparametrization
@@ -62,6 +63,15 @@ SWITCHABLE = {
         keras_peft.AdapterConfig(bottleneck=4, activation="gelu"),
     ],
     "adapters": lambda: _bottlenecks(4, 4),
+    # Base variables each adapter trains: its own copies beside others.
+    "bitfit": lambda: keras_peft.BitFitConfig(),
+    "lora_bias": lambda: keras_peft.LoRAConfig(rank=2, bias="all"),
+    "houlsby": lambda: keras_peft.AdapterConfig(
+        style="houlsby", bottleneck=4, activation="gelu"
+    ),
+    "houlsby_wide": lambda: keras_peft.AdapterConfig(
+        style="houlsby", bottleneck=6, activation="gelu"
+    ),
 }
 
 
@@ -132,6 +142,10 @@ def _outputs_by_name(model, case):
         ("bert_classifier", ("prefix", "mam", "lora")),
         ("t5_backbone", ("prefix", "prefix_and_lora", "lora")),
         ("t5_backbone", ("prefix_mlp", "mam_mlp", "lora")),
+        # Base variables kept per adapter, beside adapters keeping none.
+        ("bert_classifier", ("bitfit", "lora", "lora_bias")),
+        ("bert_classifier", ("lora", "houlsby", "bitfit", "prefix")),
+        ("t5_backbone", ("houlsby", "lora", "houlsby_wide")),
     ],
 )
 def test_each_adapter_computes_what_it_computes_alone(
@@ -596,10 +610,14 @@ def test_bad_names_and_deleting_the_active_adapter_leave_the_model():
             lambda: keras_peft.LoRAConfig(rank=4, alpha=8, dropout=0.1),
             "dropout='0.1' instead of '0.0'",
         ),
-        (lambda: keras_peft.BitFitConfig(), "variables of the base model"),
+        # Plans a LoRA layer a second LoRA config of the adapter cannot
+        # share: nothing it planned (its kept biases) stays.
         (
-            lambda: keras_peft.LoRAConfig(rank=4, alpha=8, bias="lora_only"),
-            "variables of the base model",
+            lambda: [
+                keras_peft.BitFitConfig(),
+                keras_peft.LoRAConfig(rank=4, alpha=8, dropout=0.1),
+            ],
+            "dropout='0.1' instead of '0.0'",
         ),
     ],
 )
@@ -783,17 +801,76 @@ def test_prefixes_trained_through_their_mlp_load_beside_each_other(
         helpers.assert_outputs_close(outputs, expected[name], 1e-5)
 
 
-def test_no_second_adapter_beside_base_training():
-    case = helpers.MODEL_CASES["bert_classifier"]
-    for first, second, match in (
-        (keras_peft.BitFitConfig, SWITCHABLE["lora"], "base model itself"),
-    ):
-        model = case.build()
-        keras_peft.apply(model, first(), name="a")
-        before = helpers.snapshot(model)
-        with pytest.raises(ValueError, match=match):
-            keras_peft.apply(model, second(), name="b")
-        helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+@pytest.mark.parametrize("first", ["bitfit", "lora_bias", "houlsby"])
+def test_an_adapter_trained_in_place_hands_its_values_over(first):
+    """Alone, an adapter trains base variables in place. A second adapter
+    joining gives it its own copies of their values and the base model
+    its original ones back: its outputs stay, and `disabled` gives the
+    base model's outputs exactly. Deleting the other gives the values
+    back to the base variables."""
+    # Its pooler's bias sits inside a tanh.
+    case = helpers.MODEL_CASES["bert_backbone"]
+    fresh = case.build()
+    base_outputs = case.outputs(fresh)
+    base_values = {v.path: keras.ops.convert_to_numpy(v) for v in fresh.weights}
+    model = _named_model(case, [("a", SWITCHABLE[first]())])
+    kept = keras_peft.core.state.get_state(model).adapters["a"].kept_variables
+    trained = {v.path: keras.ops.convert_to_numpy(v) for v in kept}
+    assert kept and not any(
+        np.array_equal(trained[path], base_values[path]) for path in trained
+    )
+    expected = case.outputs(model)
+    with pytest.raises(ValueError, match="trains variables of the base"):
+        with keras_peft.disabled(model):
+            pass
+
+    keras_peft.apply(model, SWITCHABLE["lora"](), name="b")
+    for variable in kept:
+        assert not variable.trainable, variable.path
+        # Exact: the recorded values, assigned back.
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), base_values[variable.path]
+        )
+    copies = {
+        layer.base_variable.path: layer.slot_variables(0)[0]
+        for layer in _adapter_layers(model)
+        if isinstance(layer, KeptVariable)
+    }
+    assert sorted(copies) == sorted(trained)
+    for path, copy in copies.items():
+        assert copy.trainable and _owner(model, copy) == "a"
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(copy), trained[path]
+        )
+    # The same values, read through the copies: float tolerance.
+    helpers.assert_outputs_close(case.outputs(model), expected, 1e-6)
+    with keras_peft.disabled(model):
+        helpers.assert_outputs_equal(case.outputs(model), base_outputs)
+    b_variables = [
+        v for v in model.trainable_weights if _owner(model, v) == "b"
+    ]
+    _randomize(model, b_variables, 5)
+    keras_peft.set_active(model, "b")
+    b_outputs = case.outputs(model)
+    assert not np.allclose(
+        keras.tree.flatten(b_outputs)[0], keras.tree.flatten(expected)[0]
+    )
+
+    keras_peft.set_active(model, "a")
+    keras_peft.delete_adapter(model, "b")
+    assert not any(
+        isinstance(layer, KeptVariable) for layer in _adapter_layers(model)
+    )
+    for variable in kept:
+        assert variable.trainable, variable.path
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), trained[variable.path]
+        )
+    helpers.assert_outputs_close(case.outputs(model), expected, 1e-6)
+    # Its values from before are known again: another adapter can join.
+    keras_peft.apply(model, SWITCHABLE["lora"](), name="c")
+    with keras_peft.disabled(model):
+        helpers.assert_outputs_equal(case.outputs(model), base_outputs)
 
 
 def test_a_task_head_other_than_dense_must_be_frozen_to_share():

@@ -15,6 +15,7 @@ from keras_peft.layers.multi_head_parallel_adapter import (
 from keras_peft.layers.parallel_adapter import ParallelAdapter
 from keras_peft.layers.prefix_attention import attention_dims
 from keras_peft.layers.site_host import SiteHost
+from keras_peft.layers.site_host import innermost
 
 _KINDS = {
     "ffn": (architectures.FFN,),
@@ -47,11 +48,12 @@ class AdapterMethod(method_lib.Method):
             deltas.append(method_lib.Delta(site, module, config.parallel))
         kept = []
         if config.style == "houlsby":
+            # The norms' own variables, not those of a site host around one.
             kept = [
                 variable
                 for site in sites
                 for norm in site.layer_norms
-                for variable in norm.weights
+                for variable in innermost(norm).weights
             ]
         return method_lib.MethodPlan(
             deltas=tuple(deltas), trainable_base_variables=tuple(kept)

@@ -177,9 +177,10 @@ class _Position:
         self.parallel = []
         self.sequential = []
         self.records = []
+        self.kept = []
 
 
-def compose(context, method_plans, shared_name=None):
+def compose(context, method_plans, shared_name=None, kept=()):
     """The final `Replacement`s for `method_plans` on `context`'s model.
 
     Args:
@@ -190,6 +191,8 @@ def compose(context, method_plans, shared_name=None):
             there (a replacing wrapper of the same layer, or a delta module
             of the same kind at the same site, not yet holding this name)
             becomes a slot of that layer instead of a layer of its own.
+        kept: sequence of `(layer, KeptVariable)`: modules for the site
+            host of `layer` (a base layer), keeping one of its variables.
 
     Returns:
         `(replacements, absorbed)`. `replacements`: a tuple of
@@ -246,6 +249,8 @@ def compose(context, method_plans, shared_name=None):
                     position(site.input_layer).records.append(tap)
                 taps[site.name] = tap
                 output.parallel.append((delta.module, tap))
+    for layer, module in kept:
+        position(layer).kept.append(module)
 
     final = []
     for key, place in positions.items():
@@ -264,6 +269,7 @@ def compose(context, method_plans, shared_name=None):
                 + place.sequential,
                 records=(previous.records if previous else ())
                 + tuple(place.records),
+                kept=(previous.kept_modules if previous else []) + place.kept,
                 name=current.name,
             )
         final.append(method_lib.Replacement(current, host))

@@ -9,10 +9,13 @@ leaves a model half-modified.
 
 import weakref
 
+from keras import ops
+
 from keras_peft.core import architectures
 from keras_peft.core import composition
 from keras_peft.core import config as config_lib
 from keras_peft.core import freezing
+from keras_peft.core import kept_copies
 from keras_peft.core import layer_tree
 from keras_peft.core import model_saving
 from keras_peft.core import precision
@@ -46,6 +49,8 @@ class Plan:
         replacements=(),
         name=state_lib.DEFAULT_NAME,
         absorbed=(),
+        kept=None,
+        originals=None,
     ):
         self.context = context
         self.configs = configs
@@ -56,6 +61,11 @@ class Plan:
         # Layers already in the model that take a planned layer as the slot
         # of adapter `name` (`Replacement(existing, planned)`).
         self.absorbed = tuple(absorbed)
+        # Base variables adapters keep their own copies of, beside others.
+        self.kept = kept or kept_copies.KeptPlan()
+        # The values of the base variables adapter `name` starts to train
+        # in place, from before.
+        self.originals = dict(originals or {})
 
     @property
     def _replacement_map(self):
@@ -84,7 +94,11 @@ class Plan:
         groups = [tuple(p.trainable_base_variables) for p in self.method_plans]
         if previous is None:
             return state_lib.single(
-                self.configs, groups, self.original_trainable, self.name
+                self.configs,
+                groups,
+                self.original_trainable,
+                self.name,
+                self.originals,
             )
         existing = previous.adapters.get(self.name)
         if existing is not None:
@@ -92,7 +106,23 @@ class Plan:
             groups = list(existing.trainable_base_variables) + groups
         else:
             configs = self.configs
-        return previous.replaced(self.name, configs, groups)
+        if any(n != self.name for n in previous.adapters):
+            fields = {"in_place": False, "originals": {}}
+        elif existing.originals is None:
+            fields = {}
+        else:
+            fields = {"originals": {**self.originals, **existing.originals}}
+        state = previous.replaced(self.name, configs, groups, **fields)
+        for name in self.kept.converted:
+            adapter = state.adapters[name]
+            state = state.replaced(
+                name,
+                adapter.configs,
+                adapter.trainable_base_variables,
+                in_place=False,
+                originals={},
+            )
+        return state
 
     def _trainable_ids_after(self, state):
         adapters = [
@@ -157,6 +187,8 @@ class Plan:
             for absorbed in self.absorbed:
                 absorbed.old.add_slot(self.name, absorbed.new)
             switching.name_slots(self.context.model, state, self.name)
+        for variable, value in self.kept.restore:
+            variable.assign(value)
         record_state(self.context.backbone, state, self.context.model)
         surgery.forget_compiled_functions(self.context.model)
         recompile.require_recompile(
@@ -171,6 +203,7 @@ class Plan:
         """
         built = [r.new for p in self.method_plans for r in p.replacements]
         built += [d.module for p in self.method_plans for d in p.deltas]
+        built += [module for _, module in self.kept.modules]
         for layer in reversed(built):
             release = getattr(layer, "release", None)
             if release is not None:
@@ -206,6 +239,8 @@ def plan(model, configs, initialize=True, name=None):
     if others:
         switching.check_joinable(context, name, others)
     method_plans = []
+    kept = kept_copies.KeptPlan()
+    originals = {}
     try:
         with tf_distribute.creation_scope(context.model):
             with composition.sharing_layers(name if others else None):
@@ -220,19 +255,34 @@ def plan(model, configs, initialize=True, name=None):
                             replacement.new.applied_config = config
                     method_plans.append(method_plan)
             composition.check_conflicts(configs, method_plans)
+            new_kept = [
+                variable
+                for method_plan in method_plans
+                for variable in method_plan.trainable_base_variables
+            ]
             if others:
                 switching.check_plans_joinable(
                     context, name, others, configs, method_plans
                 )
+                kept = kept_copies.plan(context, previous, name, new_kept)
+            else:
+                originals = {
+                    id(variable): ops.convert_to_numpy(variable)
+                    for variable in new_kept
+                }
             replacements, absorbed = composition.compose(
-                context, method_plans, shared_name=name if others else None
+                context,
+                method_plans,
+                shared_name=name if others else None,
+                kept=kept.modules,
             )
+            absorbed += tuple(kept.absorbed)
             if others and name not in previous.adapters:
                 heads, head_slots = task_heads.plan(context, name, others)
                 replacements += heads
                 absorbed += head_slots
     except BaseException:
-        Plan(context, (), tuple(method_plans), original).abandon()
+        Plan(context, (), tuple(method_plans), original, kept=kept).abandon()
         raise
     return Plan(
         context,
@@ -242,6 +292,8 @@ def plan(model, configs, initialize=True, name=None):
         replacements,
         name=name,
         absorbed=absorbed,
+        kept=kept,
+        originals=originals,
     )
 
 

@@ -146,7 +146,13 @@ def _restore(base, config):
         # The weights file supplies every value: no initialization from data.
         injection.plan(backbone, configs, initialize=False, name=name).install()
     switching.select(backbone, active)
-    state_lib.get_state(backbone).active = active
+    state = state_lib.get_state(backbone)
+    state.active = active
+    for adapter in state.adapters.values():
+        if adapter.in_place:
+            # The weights file holds the trained values, not those from
+            # before: unknown.
+            adapter.originals = None
     layers, _ = _merged_lora_indices(backbone)
     for index in merged:
         if not 0 <= index < len(layers):

@@ -4,6 +4,7 @@ import contextlib
 
 from keras_peft.core import architectures
 from keras_peft.core import injection
+from keras_peft.core import kept_copies
 from keras_peft.core import layer_tree
 from keras_peft.core import recompile
 from keras_peft.core import scopes
@@ -11,6 +12,7 @@ from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core import switching
 from keras_peft.layers.disabling import all_disabled
+from keras_peft.layers.kept_variable import KeptVariable
 from keras_peft.layers.site_host import SiteHost
 from keras_peft.layers.task_head import TaskHead
 from keras_peft.layers.wrapper import Wrapper
@@ -195,8 +197,10 @@ def delete_adapter(model, name):
         _remove_layers(holder, [x for x in alone if id(x) in present])
     state = state.replaced(name, (), ())
     if len(state.adapters) == 1:
-        # As if only that adapter had ever been applied: no switch
-        # variables, and the task's head back in place of its TaskHead.
+        # As if only that adapter had ever been applied: its base variables
+        # train in place, no switch variables, and the task's head back in
+        # place of its TaskHead.
+        state = _keep_in_place(holders, state)
         for holder in holders:
             for layer in switching.adapter_layers(holder):
                 layer.disable_switching()
@@ -210,6 +214,31 @@ def delete_adapter(model, name):
         context.model, "keras_peft.delete_adapter", stacklevel=2
     )
     return model
+
+
+def _keep_in_place(holders, state):
+    """`state`'s only adapter trains its base variables in place again:
+    its `KeptVariable`s' values go into them, and the modules go."""
+    ((name, adapter),) = state.adapters.items()
+    if adapter.in_place:
+        return state
+    modules = {
+        id(layer): layer
+        for holder in holders
+        for layer in switching.adapter_layers(holder)
+        if isinstance(layer, KeptVariable)
+    }
+    originals = kept_copies.to_in_place(modules.values())
+    for holder in holders:
+        present = {id(layer) for layer, _ in layer_tree.iter_layers(holder)}
+        _remove_layers(holder, [m for k, m in modules.items() if k in present])
+    return state.replaced(
+        name,
+        adapter.configs,
+        adapter.trainable_base_variables,
+        in_place=True,
+        originals=originals,
+    )
 
 
 def _remove_layers(model, layers):
@@ -234,14 +263,16 @@ def _remove_layers(model, layers):
         sequential = [
             m for m in host.sequential_modules if id(m) not in removed
         ]
+        kept = [m for m in host.kept_modules if id(m) not in removed]
         records = tuple(tap for tap in host.records if id(tap) in read)
         if (
             len(parallel) == len(host.parallel)
             and len(sequential) == len(host.sequential_modules)
+            and len(kept) == len(host.kept_modules)
             and len(records) == len(host.records)
         ):
             continue
-        if not parallel and not sequential and not records:
+        if not parallel and not sequential and not kept and not records:
             surgery.replace_layer(model, host, host.base_layer)
             continue
         with scopes.scope_of(host.path):
@@ -250,6 +281,7 @@ def _remove_layers(model, layers):
                 parallel=parallel,
                 sequential=sequential,
                 records=records,
+                kept=kept,
                 name=host.name,
             )
         surgery.replace_layer(model, host, new)

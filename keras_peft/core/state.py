@@ -15,11 +15,28 @@ class NamedAdapter:
     Args:
         configs: tuple. The applied configs, in order.
         trainable_base_variables: list of tuples. For each config, the base
-            variables it keeps trainable.
+            variables it trains (BitFit's biases).
+        in_place: bool. Whether those train in place (the model holds only
+            this adapter) or as the adapter's own copies (`KeptVariable`
+            slots, once the model holds several adapters).
+        originals: dict or `None`. `id(variable)` to the value each of
+            them had before it trained in place; `None` when unknown (a
+            model restored from a `.keras` file).
     """
 
     configs: tuple
     trainable_base_variables: list
+    in_place: bool = True
+    originals: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def kept_variables(self):
+        """The base variables it trains, each once, in order."""
+        found = {}
+        for group in self.trainable_base_variables:
+            for variable in group:
+                found.setdefault(id(variable), variable)
+        return list(found.values())
 
 
 @dataclasses.dataclass
@@ -60,20 +77,27 @@ class PeftState:
 
     @property
     def all_trainable_base_variables(self):
-        """Every adapter's kept base variables, one tuple per config."""
+        """The base variables that train in place, one tuple per config of
+        each adapter training them in place."""
         return [
             group
             for adapter in self.adapters.values()
+            if adapter.in_place
             for group in adapter.trainable_base_variables
         ]
 
-    def replaced(self, name, configs, trainable_base_variables):
+    def replaced(self, name, configs, trainable_base_variables, **fields):
         """A copy with adapter `name` holding these configs (added last if
-        new; dropped if `configs` is empty)."""
+        new; dropped if `configs` is empty). `fields` (`in_place`,
+        `originals`) default to those adapter `name` had."""
         adapters = dict(self.adapters)
         if configs:
+            previous = adapters.get(name)
+            if previous is not None:
+                fields.setdefault("in_place", previous.in_place)
+                fields.setdefault("originals", previous.originals)
             adapters[name] = NamedAdapter(
-                tuple(configs), list(trainable_base_variables)
+                tuple(configs), list(trainable_base_variables), **fields
             )
         else:
             adapters.pop(name, None)
@@ -82,13 +106,15 @@ class PeftState:
         )
 
 
-def single(configs, trainable_base_variables, original_trainable, name):
-    """A state holding one adapter, `name`, active."""
-    return PeftState(
-        {name: NamedAdapter(tuple(configs), list(trainable_base_variables))},
-        name,
-        original_trainable,
+def single(
+    configs, trainable_base_variables, original_trainable, name, originals
+):
+    """A state holding one adapter, `name`, active, training its base
+    variables in place (`originals`: their values before)."""
+    adapter = NamedAdapter(
+        tuple(configs), list(trainable_base_variables), originals=originals
     )
+    return PeftState({name: adapter}, name, original_trainable)
 
 
 def get_state(backbone):

@@ -8,6 +8,7 @@ from keras_peft.core import config as config_lib
 from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.kept_variable import KeptVariable
 from keras_peft.prefix_tuning import eject
 
 
@@ -105,7 +106,12 @@ def _grouped_weights(model):
                     owners[id(variable)] = config.method
     switches = set()
     for layer, _ in layer_tree.iter_layers(model):
-        if isinstance(layer, AdapterLayer):
+        if isinstance(layer, KeptVariable):
+            for slot, name in enumerate(layer.slot_names):
+                group = _kept_group(state, name, layer.base_variable)
+                for variable in layer.slot_variables(slot):
+                    owners[id(variable)] = group
+        elif isinstance(layer, AdapterLayer):
             for variable in layer.adapter_variables:
                 owners[id(variable)] = layer.method
             if layer.active_slot is not None:
@@ -124,6 +130,20 @@ def _grouped_weights(model):
         else:
             group = "head"
         yield variable, group
+
+
+def _kept_group(state, name, variable):
+    """The group an adapter's own copy of base `variable` counts in: the
+    method keeping it, if it owns what it keeps (BitFit), else `"base"`."""
+    adapter = state.adapters.get(name) if state is not None else None
+    if adapter is not None:
+        for config, group in zip(
+            adapter.configs, adapter.trainable_base_variables
+        ):
+            owns = config_lib.method_of(config).owns_kept_variables
+            if owns and any(v is variable for v in group):
+                return config.method
+    return "base"
 
 
 def trainable_summary(model):

@@ -9,6 +9,7 @@ the slot of the chosen adapter (or none: the layer then adds nothing).
 
 import re
 
+from keras_peft.core import kept_copies
 from keras_peft.core import layer_tree
 from keras_peft.core import state as state_lib
 from keras_peft.layers.adapter_layer import AdapterLayer
@@ -82,19 +83,6 @@ def _check_not_fixed(name, others, kinds, whose):
         )
 
 
-def _check_no_kept(name, others, configs):
-    """Raises for an adapter `name` beside `others` when `configs` train
-    variables of the base model."""
-    if configs:
-        described = ", ".join(repr(c) for c in configs)
-        raise ValueError(
-            f"Cannot add adapter {name!r} beside {others}: {described} "
-            "train variables of the base model itself, which every adapter "
-            "shares. Several named adapters cannot keep base variables "
-            "trainable (BitFit, LoRA's `bias`) for now."
-        )
-
-
 def check_joinable(context, name, others):
     """Raises a `ValueError` unless the adapters already in the model can
     share it with a new adapter `name`."""
@@ -110,37 +98,39 @@ def check_joinable(context, name, others):
             "whichever adapter is active. Call `keras_peft.unmerge_lora` "
             "first."
         )
-    _check_no_kept(
-        name,
-        others,
-        [
-            config
-            for n in others
-            for config, group in zip(
-                state.adapters[n].configs,
-                state.adapters[n].trainable_base_variables,
+    for other in others:
+        adapter = state.adapters[other]
+        if not (adapter.in_place and adapter.kept_variables):
+            continue
+        if adapter.originals is None:
+            raise ValueError(
+                f"Cannot add adapter {name!r} beside {other!r}: {other!r} "
+                "trained variables of the base model in place (BitFit's "
+                "biases, LoRA's `bias`, Houlsby's layer norms), and this "
+                "model, restored from a file, no longer knows their "
+                "original values, which the new adapter needs. Save it "
+                f"(`keras_peft.save_adapter(model, path, name={other!r})`) "
+                "and load it by name into the base model beside the new "
+                "one."
             )
-            if group
-        ],
-    )
+        kept_copies.check_keepable_variables(
+            context, adapter.kept_variables, other
+        )
 
 
 def check_plans_joinable(context, name, others, configs, method_plans):
     """Raises a `ValueError` unless adapter `name`'s planned layers can be
-    switched off while one of `others` acts."""
+    switched off while one of `others` acts, and every adapter can keep
+    its own copy of the base variables it trains."""
     built = []
     for plan in method_plans:
         built += [r.new for r in plan.replacements]
         built += [d.module for d in plan.deltas]
     _check_not_fixed(name, others, unswitchable_kinds(built), "its")
-    _check_no_kept(
+    kept_copies.check_keepable_variables(
+        context,
+        [v for plan in method_plans for v in plan.trainable_base_variables],
         name,
-        others,
-        [
-            config
-            for config, plan in zip(configs, method_plans)
-            if plan.trainable_base_variables
-        ],
     )
 
 
@@ -204,8 +194,7 @@ def named_variables(model, name, view=None, trainable_ids=None, absorbed=()):
         if not isinstance(layer, AdapterLayer):
             continue
         names = layer.slot_names or (name,)
-        template = layer.slot_variables(0)
-        own_addresses = [addresses.get(id(v)) for v in template]
+        own_addresses = [addresses.get(id(v)) for v in layer.stands_for()]
         for slot, slot_name in enumerate(names):
             variables = layer.slot_variables(slot)
             for address, variable in zip(own_addresses, variables):

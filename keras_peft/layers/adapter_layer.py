@@ -88,6 +88,11 @@ class AdapterLayer(keras.layers.Layer):
         banks = self.__dict__.get("_slot_banks", [])
         return list(banks[slot - 1])
 
+    def stands_for(self):
+        """The variables whose addresses slot 0's variables take in an
+        adapter bundle: by default, slot 0's own."""
+        return self.slot_variables(0)
+
     def _template_variables(self):
         banked = {
             id(v) for bank in self.__dict__.get("_slot_banks", []) for v in bank

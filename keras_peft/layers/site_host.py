@@ -6,6 +6,7 @@ import threading
 import keras
 
 from keras_peft.layers.disabling import is_disabled
+from keras_peft.layers.kept_variable import call_with
 from keras_peft.layers.wrapper import Wrapper
 
 
@@ -72,6 +73,11 @@ class SiteHost(Wrapper):
        reading another layer's input, that layer's recorded input (`Tap`);
     2. then each sequential module (e.g. `Adapter`) maps `h` to a new `h`.
 
+    Its kept variables (`KeptVariable`, one per variable of the innermost
+    base layer that named adapters each keep their own value of) act
+    before both: the base layer runs with the active adapter's values in
+    place of its own.
+
     A host also records its first input into its `records` taps. Other
     outputs (attention scores, T5's position bias and cache) pass through.
 
@@ -90,6 +96,8 @@ class SiteHost(Wrapper):
             `()`.
         records: sequence of `Tap`s that receive the first input. Defaults
             to `()`.
+        kept: sequence of `KeptVariable`s of the innermost base layer's
+            variables. Defaults to `()`.
         **kwargs: base layer arguments; name and dtype default to the base
             layer's.
 
@@ -114,13 +122,30 @@ class SiteHost(Wrapper):
         return super().__new__(cls, base_layer, *args, **kwargs)
 
     def __init__(
-        self, base_layer, parallel=(), sequential=(), records=(), **kwargs
+        self,
+        base_layer,
+        parallel=(),
+        sequential=(),
+        records=(),
+        kept=(),
+        **kwargs,
     ):
         super().__init__(base_layer, **kwargs)
         self.parallel_modules = [module for module, _ in parallel]
         self._parallel_taps = tuple(tap for _, tap in parallel)
         self.sequential_modules = list(sequential)
         self._records = tuple(records)
+        owner = innermost(base_layer)
+        for module in kept:
+            if module.owner is None:
+                module.link(owner)
+            elif module.owner is not owner:
+                raise ValueError(
+                    f"The kept variable {module.name!r} belongs to "
+                    f"{module.owner.path!r}, not to the layer this host "
+                    f"runs, {owner.path!r}."
+                )
+        self.kept_modules = list(kept)
         parameters = iter(inspect.signature(base_layer.call).parameters)
         self._input_name = next(parameters)
         # Built at once (it has no weights of its own), inside the caller's
@@ -148,7 +173,14 @@ class SiteHost(Wrapper):
         inputs = args[0] if args else kwargs[self._input_name]
         for tap in self._records:
             tap.record(inputs)
-        outputs = self.base_layer(*args, **kwargs)
+        if self.kept_modules:
+            outputs = call_with(
+                self.kept_modules,
+                lambda: self.base_layer(*args, **kwargs),
+                self.base_layer,
+            )
+        else:
+            outputs = self.base_layer(*args, **kwargs)
         if not self.parallel_modules and not self.sequential_modules:
             return outputs
         several = isinstance(outputs, (tuple, list))
@@ -185,6 +217,7 @@ class SiteHost(Wrapper):
                     serialize(module) for module in self.sequential_modules
                 ],
                 "records": [tap.site_name for tap in self._records],
+                "kept": [serialize(module) for module in self.kept_modules],
             }
         )
         return config
@@ -206,7 +239,17 @@ class SiteHost(Wrapper):
         config["records"] = [
             _UnlinkedTap(name) for name in config.get("records", ())
         ]
+        config["kept"] = [
+            deserialize(module) for module in config.get("kept", ())
+        ]
         return super().from_config(config)
+
+
+def innermost(layer):
+    """The layer inside any wrappers around `layer`: the base model's."""
+    while isinstance(getattr(layer, "wrapped_layer", None), keras.Layer):
+        layer = layer.wrapped_layer
+    return layer
 
 
 _HOST_CLASSES = {}
