@@ -231,6 +231,8 @@ def _count_traces(monkeypatch):
         ("lora", "lora"),
         # A prompt and none: the sequence keeps the prompt's positions.
         ("prompt_and_lora", "lora"),
+        # Base variables kept per adapter: the overlay reads the switch.
+        ("bitfit", "lora_bias"),
     ],
 )
 def test_set_active_retraces_neither_predict_nor_fit(monkeypatch, methods):
@@ -264,17 +266,22 @@ def test_set_active_retraces_neither_predict_nor_fit(monkeypatch, methods):
     assert len(calls) == traced
 
 
-def test_only_the_active_adapter_gets_gradients_and_trains():
+@pytest.mark.parametrize(
+    "methods",
+    [
+        ("lora_ffn_and_adapter", "lora"),
+        # Copies of one base variable in both: each adapter trains its own.
+        ("bitfit", "lora_bias"),
+        ("houlsby", "bitfit"),
+    ],
+)
+def test_only_the_active_adapter_gets_gradients_and_trains(methods):
     """Inactive adapters get exactly zero gradients; a fit (Adam, fresh)
     leaves them and the frozen base bit-identical and trains the active
     adapter and its head."""
     case = helpers.MODEL_CASES["bert_classifier"]
     model = _named_model(
-        case,
-        [
-            ("a", SWITCHABLE["lora_ffn_and_adapter"]()),
-            ("b", SWITCHABLE["lora"]()),
-        ],
+        case, [(n, SWITCHABLE[m]()) for n, m in zip("ab", methods)]
     )
     keras_peft.set_active(model, "b")
     inputs, labels = case.inputs(), case.labels()
@@ -873,6 +880,59 @@ def test_an_adapter_trained_in_place_hands_its_values_over(first):
         helpers.assert_outputs_equal(case.outputs(model), base_outputs)
 
 
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="whole-model saving is checked once, on TensorFlow",
+)
+def test_a_restored_model_trained_in_place_takes_no_second_adapter(
+    tmp_path,
+):
+    """A `.keras` file holds BitFit's trained biases, not those from
+    before: a second adapter is refused (the model unchanged), and the way
+    out the error names works."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(case, [("a", SWITCHABLE["bitfit"]())])
+    expected = case.outputs(model)
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    before = helpers.snapshot(restored)
+    with pytest.raises(ValueError, match="no longer knows their original"):
+        keras_peft.apply(restored, SWITCHABLE["lora"](), name="b")
+    helpers.assert_snapshot_equal(before, helpers.snapshot(restored))
+    assert keras_peft.adapter_names(restored) == ("a",)
+    keras_peft.save_adapter(restored, tmp_path / "a", name="a")
+    both = case.build()
+    keras_peft.apply(both, SWITCHABLE["lora"](), name="b")
+    keras_peft.load_adapter(both, str(tmp_path / "a"), name="a")
+    keras_peft.set_active(both, "a")
+    helpers.assert_outputs_close(case.outputs(both), expected, 1e-6)
+
+
+def test_the_summary_counts_each_adapters_copies_by_method():
+    """BitFit's copies count as BitFit's, LoRA's kept biases as the base
+    model's, as they do with one adapter."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    bitfit = dict(
+        keras_peft.trainable_summary(
+            _named_model(case, [("a", SWITCHABLE["bitfit"]())])
+        ).groups
+    )
+    lora_bias = dict(
+        keras_peft.trainable_summary(
+            _named_model(case, [("a", SWITCHABLE["lora_bias"]())])
+        ).groups
+    )
+    both = _named_model(
+        case,
+        [("a", SWITCHABLE["bitfit"]()), ("b", SWITCHABLE["lora_bias"]())],
+    )
+    groups = dict(keras_peft.trainable_summary(both).groups)
+    assert groups["bitfit"] == bitfit["bitfit"]
+    assert groups["base"] == lora_bias["base"] > 0
+    assert groups["lora"] == lora_bias["lora"]
+    assert groups["head"] == 2 * bitfit["head"]
+
+
 def test_a_task_head_other_than_dense_must_be_frozen_to_share():
     case = helpers.MODEL_CASES["bert_masked_lm"]
     model = _named_model(case, [("a", SWITCHABLE["lora"]())])
@@ -922,6 +982,7 @@ def test_merging_is_refused_while_several_adapters_share_a_layer():
         ("t5_backbone", ("lora", "adapters")),
         ("t5_seq2seq", ("prompt", "prompt_and_lora")),
         ("bert_classifier", ("prefix", "mam")),
+        ("bert_classifier", ("bitfit", "houlsby")),
     ],
 )
 def test_keras_file_round_trip_keeps_every_adapter(
