@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import keras_peft
 from tests import helpers
+from tests.test_multi_task import KEPT_TASKS
 from tests.test_multi_task import MIXED_PROMPT_TASKS
 from tests.test_multi_task import PREFIX_TASKS
 from tests.test_multi_task import TASK_IDS
@@ -17,7 +18,13 @@ from tests.test_multi_task import _server
 
 
 @pytest.mark.parametrize(
-    "tasks", [None, PREFIX_TASKS["bert_classifier"], MIXED_PROMPT_TASKS]
+    "tasks",
+    [
+        None,
+        PREFIX_TASKS["bert_classifier"],
+        MIXED_PROMPT_TASKS,
+        KEPT_TASKS["bert_classifier"],
+    ],
 )
 def test_a_multi_task_model_serves_every_task(tmp_path, tasks):
     case, model, server, _ = _server("bert_classifier", tasks)
@@ -132,4 +139,26 @@ def test_prefix_mlps_export_one_adapter_or_every_task(tmp_path):
     for row, task in enumerate(TASK_IDS):
         helpers.assert_outputs_close(
             served.numpy()[row], expected[names[task]][row], atol=1e-5
+        )
+
+
+def test_adapters_keeping_base_variables_export_alone_or_together(tmp_path):
+    """The active adapter's own copies of base variables (BitFit's biases,
+    Houlsby's layer norms) go back into the base variables of the folded
+    copy: its SavedModel holds no copies and serves that adapter."""
+    case, model, server, expected = _server(
+        "bert_classifier", KEPT_TASKS["bert_classifier"]
+    )
+    names = server.task_names
+    inputs = {k: tf.constant(v) for k, v in case.inputs().items()}
+    for index in (0, 2):
+        keras_peft.set_active(model, names[index])
+        before = helpers.snapshot(model)
+        directory = os.path.join(tmp_path, f"export_{index}")
+        keras_peft.export_saved_model(model, directory)
+        helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+        loaded = tf.saved_model.load(directory)
+        assert not any("kept_" in v.name for v in loaded.variables)
+        helpers.assert_outputs_close(
+            loaded.serve(inputs).numpy(), expected[names[index]], atol=1e-5
         )
