@@ -95,9 +95,11 @@ def disabled(model):
     also through an exception, the adapters act again.
 
     A task's own layers outside the backbone (a classifier's head) are not
-    adapters: they compute as before (the active adapter's head). A config
-    that trains the base model's own variables (BitFit, LoRA's `bias`)
-    cannot be disabled: `disabled` raises a `ValueError` for it.
+    adapters: they compute as before (the active adapter's head). An
+    adapter alone in its model that trains the base model's own variables
+    in place (BitFit, LoRA's `bias`, Houlsby's layer norms) cannot be
+    disabled: `disabled` raises a `ValueError` for it. (Beside other
+    adapters it trains copies of them, which `disabled` switches off.)
 
     Args:
         model: a supported keras-hub backbone or task.
@@ -114,6 +116,7 @@ def disabled(model):
         kept = [
             config
             for adapter in state.adapters.values()
+            if adapter.in_place
             for config, group in zip(
                 adapter.configs, adapter.trainable_base_variables
             )
@@ -122,8 +125,8 @@ def disabled(model):
         raise ValueError(
             f"`disabled` cannot give the base model's outputs: "
             f"{', '.join(repr(c) for c in kept)} trains variables of the base "
-            "model itself (BitFit's biases, LoRA's `bias`), which no adapter "
-            "layer can switch off."
+            "model itself in place (BitFit's biases, LoRA's `bias`, "
+            "Houlsby's layer norms), which no adapter layer can switch off."
         )
     merged = switching.merged_lora_paths(context.backbone)
     if merged:
