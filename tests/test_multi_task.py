@@ -37,10 +37,11 @@ PREFIX_TASKS = {
 # Prefixes computed by their MLPs (one MLP layer, a slot each).
 PREFIX_MLP_TASKS = ("prefix_mlp", "lora", "mam_mlp")
 # Base variables each task trains, kept per task: BitFit's biases (the
-# FFN's and the pooler's inside their activations), LoRA's, Houlsby's
-# layer norms (scale and offset); T5's norm weights.
+# FFN's and the pooler's inside their activations), Houlsby's layer norms
+# (scale and offset), LoRA's (wrapping layers with kept biases); T5's
+# norm weights.
 KEPT_TASKS = {
-    "bert_classifier": ("bitfit", "lora_bias", "houlsby"),
+    "bert_classifier": ("bitfit", "houlsby", "lora_bias"),
     "t5_backbone": ("houlsby", "lora", "houlsby_wide"),
 }
 # Three tasks over a batch of 4: every task, one twice.

@@ -144,6 +144,8 @@ def _outputs_by_name(model, case):
         ("t5_backbone", ("prefix_mlp", "mam_mlp", "lora")),
         # Base variables kept per adapter, beside adapters keeping none.
         ("bert_classifier", ("bitfit", "lora", "lora_bias")),
+        # LoRA wrapping layers whose biases two adapters already keep.
+        ("bert_classifier", ("bitfit", "houlsby", "lora_bias")),
         ("bert_classifier", ("lora", "houlsby", "bitfit", "prefix")),
         ("t5_backbone", ("houlsby", "lora", "houlsby_wide")),
     ],
@@ -884,6 +886,51 @@ def test_an_adapter_trained_in_place_hands_its_values_over(first):
     BACKEND != "tensorflow",
     reason="whole-model saving is checked once, on TensorFlow",
 )
+def test_a_new_adapter_starts_from_the_values_from_before():
+    """Beside an adapter that trained base variables in place, a new one's
+    copies start from the values from before (those it would have in a
+    fresh model), also after the first adapter took more configs while
+    alone; `disabled` then gives the base model's outputs exactly."""
+    case = helpers.MODEL_CASES["bert_backbone"]
+    base = case.outputs(case.build())
+    model = case.build()
+    keras_peft.apply(model, keras_peft.BitFitConfig(targets=["query"]), "a")
+    _randomize(model, model.trainable_weights, 1)
+    # Overlapping the first: the query biases trained already.
+    keras_peft.apply(model, keras_peft.BitFitConfig(), name="a")
+    _randomize(model, model.trainable_weights, 2)
+    keras_peft.apply(model, keras_peft.BitFitConfig(), name="b")
+    keras_peft.set_active(model, "b")
+    # Copies of the base values: float tolerance.
+    helpers.assert_outputs_close(case.outputs(model), base, 1e-6)
+    with keras_peft.disabled(model):
+        helpers.assert_outputs_equal(case.outputs(model), base)
+
+
+def test_deleting_an_adapter_beside_shared_copies_keeps_the_others():
+    """Houlsby's and BitFit's copies of one layer norm, and LoRA's kept
+    bias at a layer whose bias BitFit keeps: deleting the first adapter
+    leaves the others computing as before."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case,
+        [
+            ("a", SWITCHABLE["houlsby"]()),
+            ("b", SWITCHABLE["bitfit"]()),
+            (
+                "c",
+                keras_peft.LoRAConfig(rank=2, targets="ffn", bias="lora_only"),
+            ),
+        ],
+    )
+    expected = _outputs_by_name(model, case)
+    keras_peft.set_active(model, "c")
+    keras_peft.delete_adapter(model, "a")
+    assert keras_peft.adapter_names(model) == ("b", "c")
+    for name, outputs in _outputs_by_name(model, case).items():
+        helpers.assert_outputs_close(outputs, expected[name], 1e-6)
+
+
 def test_a_restored_model_trained_in_place_takes_no_second_adapter(
     tmp_path,
 ):

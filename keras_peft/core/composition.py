@@ -276,6 +276,16 @@ def compose(context, method_plans, shared_name=None, kept=()):
     return tuple(replacing.values()) + tuple(final), tuple(absorbed)
 
 
+def _in_owner_order(modules):
+    """`modules` (`KeptVariable`s of one layer) in the order of the
+    variables they keep in that layer: an adapter's copies then save in the
+    order its own model saves the variables."""
+    if not modules:
+        return modules
+    order = {id(v): i for i, v in enumerate(modules[0].owner.weights)}
+    return sorted(modules, key=lambda m: order[id(m.base_variable)])
+
+
 def _module_to_share(site, delta, parents, name, taken):
     """A delta module already at `site` that can take `delta.module` as a
     slot: same class and settings, same kind (parallel or sequential) and

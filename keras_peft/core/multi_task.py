@@ -290,9 +290,11 @@ def multi_task(model, names):
     the task keeps one per adapter). Its variables are `model`'s: `fit` on
     mixed-task batches trains each adapter from its own examples only.
 
-    It routes every switchable method: LoRA, the bottleneck adapters
-    (sequential, parallel, scaled, multi-head), prompt tuning, prefix
-    tuning (with or without its MLP) and MAM. `generate` (a
+    It routes every method: LoRA (with its `bias` too), the bottleneck
+    adapters (sequential, parallel, scaled, multi-head, Houlsby's with its
+    layer norms), prompt tuning, prefix tuning (with or without its MLP),
+    MAM and BitFit (each task's own copies of the base variables it
+    trains). `generate` (a
     `T5Seq2SeqLM`) decodes with the held model's sampler, beam search
     included.
 
@@ -330,8 +332,8 @@ def multi_task(model, names):
     kinds = switching.unswitchable_kinds([context.model])
     if kinds:
         raise ValueError(
-            f"`multi_task` routes LoRA, the bottleneck adapters, prompts "
-            f"and prefixes per example for now; "
-            f"{type(context.model).__name__} holds {kinds} layers."
+            f"`multi_task` routes layers that can switch between adapters "
+            f"(every keras-peft method's); {type(context.model).__name__} "
+            f"holds {kinds} layers, which cannot."
         )
     return MultiTaskModel(context.model, names)

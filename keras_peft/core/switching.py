@@ -77,9 +77,8 @@ def _check_not_fixed(name, others, kinds, whose):
         raise ValueError(
             f"Cannot add adapter {name!r} beside {others}: {whose} {kinds} "
             "layers cannot be switched off while another adapter acts. A "
-            "model holding several named adapters takes LoRA, the "
-            "bottleneck adapters (sequential, parallel, multi-head), "
-            "prompts and prefixes (MAM included) for now."
+            "model holding several named adapters takes layers that "
+            "switch between adapters (every keras-peft method's)."
         )
 
 

@@ -1,9 +1,13 @@
 """Each named adapter's own value of a variable of the base model."""
 
+import threading
+import weakref
+
 import keras
 from keras import ops
 from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
 
+from keras_peft.core.scopes import scope_of
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.variable_overlay import overlay
 from keras_peft.layers.variable_overlay import raw_value
@@ -89,13 +93,16 @@ class KeptVariable(AdapterLayer):
                 f"attribute. Received: {variable_name!r}"
             )
         self.variable_name = variable_name
-        # Not tracked: the variable is the base layer's, not this one's.
+        # A weak reference: the variable is the base layer's, not this
+        # one's (not tracked), and a wrapper later swapped in for the base
+        # layer (LoRA) must not take its place here.
         self.__dict__["_owner"] = None
 
     @property
     def owner(self):
         """The base layer whose variable this layer keeps, or `None`."""
-        return self.__dict__["_owner"]
+        reference = self.__dict__["_owner"]
+        return None if reference is None else reference()
 
     @property
     def base_variable(self):
@@ -111,23 +118,37 @@ class KeptVariable(AdapterLayer):
                 f"{type(owner).__name__} {owner.path!r} has no variable "
                 f"{self.variable_name!r} to keep."
             )
-        self.__dict__["_owner"] = owner
+        self.__dict__["_owner"] = weakref.ref(owner)
         if self.built:
             return
-        value = ops.convert_to_numpy(variable) if value is None else value
+        self.__dict__["_start"] = (
+            ops.convert_to_numpy(variable) if value is None else value
+        )
+        # Beside the variable it keeps: ".../query/kept_bias/bias".
+        with scope_of(f"{owner.path}/{self.name}"):
+            self.build()
+        del self.__dict__["_start"]
+
+    def build(self, *args, **kwargs):
+        if self.owner is None:
+            raise ValueError(
+                f"{self.name!r} is built from the variable it keeps: call "
+                "`link(layer)` instead."
+            )
+        variable = self.base_variable
+        start = self.__dict__["_start"]
         self.own = self.add_weight(
             name=self.variable_name,
             shape=tuple(variable.shape),
             dtype=variable.dtype,
             initializer=lambda shape, dtype=None: ops.cast(
-                ops.convert_to_tensor(value), dtype
+                ops.convert_to_tensor(start), dtype
             ),
         )
-        self.built = True
 
-    def build(self, *args, **kwargs):
-        # Built by `link`, from its base layer's variable.
-        pass
+    def get_build_config(self):
+        # Built by `link`, from its base layer's variable, not from shapes.
+        return None
 
     def stands_for(self):
         """The variables whose addresses slot 0's variables take in an
@@ -175,9 +196,20 @@ def call_with(modules, call, layer):
         call: callable running `layer`.
         layer: the layer `call` runs: the owner, or a wrapper around it.
     """
-    if not modules[0].routed:
-        with overlay([(m.base_variable, m.value()) for m in modules]):
-            return call()
+    # Per example, the activation is held back by an attribute of the
+    # shared layer: no other thread may run the layer meanwhile (eager
+    # calls from threads; `tf.distribute` replicas run one at a time).
+    with _RUNNING:
+        if not modules[0].routed:
+            with overlay([(m.base_variable, m.value()) for m in modules]):
+                return call()
+        return _per_example(modules, call, layer)
+
+
+_RUNNING = threading.RLock()
+
+
+def _per_example(modules, call, layer):
     owner = modules[0].owner
     kept = {module.variable_name: module for module in modules}
     roles = _ROLES[type(owner)]

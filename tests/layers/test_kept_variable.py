@@ -2,6 +2,8 @@
 overlay it runs on (the one reach into Keras' scope internals: these tests
 fail loudly if they change)."""
 
+import threading
+
 import keras
 import numpy as np
 import pytest
@@ -233,3 +235,35 @@ def test_only_variables_each_example_can_take_are_keepable(layer, name):
     with pytest.raises(ValueError, match="cannot each keep their own"):
         check_keepable(layer, name)
     check_keepable(keras.layers.LayerNormalization(), "gamma")
+
+
+def test_no_thread_runs_the_layer_while_its_activation_is_held_back():
+    """Per example, the layer runs with its activation held back; a call
+    from another thread meanwhile waits, and computes with it."""
+    base = _built(keras.layers.Dense(D, activation="gelu"))
+    host, modules = _kept_host(base, ["bias"], {})
+    for module in modules:
+        module.select("a")
+    expected = _numpy(host(X))
+    original = base.call
+    other = {}
+
+    def switched():
+        other["outputs"] = _numpy(host(X))
+
+    def call(*args, **kwargs):
+        if "thread" not in other:
+            other["thread"] = threading.Thread(target=switched)
+            other["thread"].start()
+            # Without the lock, the other call would run now.
+            other["thread"].join(timeout=0.5)
+        return original(*args, **kwargs)
+
+    base.call = call
+    try:
+        with routing.per_example(["a", "b", "none"], np.array([0, 1, 2])):
+            host(X)
+    finally:
+        base.call = original
+    other["thread"].join()
+    np.testing.assert_allclose(other["outputs"], expected, atol=1e-6)
