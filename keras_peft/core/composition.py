@@ -269,7 +269,9 @@ def compose(context, method_plans, shared_name=None, kept=()):
                 + place.sequential,
                 records=(previous.records if previous else ())
                 + tuple(place.records),
-                kept=(previous.kept_modules if previous else []) + place.kept,
+                kept=_in_owner_order(
+                    (previous.kept_modules if previous else []) + place.kept
+                ),
                 name=current.name,
             )
         final.append(method_lib.Replacement(current, host))
