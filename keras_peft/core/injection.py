@@ -107,7 +107,7 @@ class Plan:
         else:
             configs = self.configs
         if any(n != self.name for n in previous.adapters):
-            fields = {"in_place": False, "originals": {}}
+            fields = {"originals": {}}
         elif existing.originals is None:
             fields = {}
         else:
@@ -119,7 +119,6 @@ class Plan:
                 name,
                 adapter.configs,
                 adapter.trainable_base_variables,
-                in_place=False,
                 originals={},
             )
         return state

@@ -87,8 +87,8 @@ def plan(context, state, name, new_variables):
     """Plans the `KeptVariable`s for adapter `name` joining other adapters
     (`state`'s), which trains `new_variables` of the base model.
 
-    The adapters that trained in place (`state` holds at most one, alone)
-    get modules holding their current values; `name` gets a slot holding
+    The adapter that trained in place (`state`'s only one, if it holds one)
+    gets modules holding its current values; `name` gets a slot holding
     each variable's original value.
     """
     owners = owner_map(context.backbone)
@@ -96,11 +96,9 @@ def plan(context, state, name, new_variables):
     result = KeptPlan()
     planned = {}
     originals = {}
-    for other, adapter in state.adapters.items():
-        if other == name or not adapter.in_place:
-            continue
-        if not adapter.kept_variables:
-            continue
+    if state.in_place:
+        # The one adapter so far hands the values it trained to its copies.
+        ((other, adapter),) = state.adapters.items()
         for variable in adapter.kept_variables:
             module = _build(owners[id(variable)], _value(variable))
             module.set_slot_names([other])
@@ -108,7 +106,7 @@ def plan(context, state, name, new_variables):
             planned[id(variable)] = module
             originals[id(variable)] = adapter.originals[id(variable)]
             result.restore.append((variable, originals[id(variable)]))
-        result.converted += (other,)
+        result.converted = (other,)
     for variable in _unique(new_variables):
         holder = planned.get(id(variable)) or existing.get(id(variable))
         if holder is not None and name in holder.slot_names:

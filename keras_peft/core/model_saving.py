@@ -148,10 +148,10 @@ def _restore(base, config):
     switching.select(backbone, active)
     state = state_lib.get_state(backbone)
     state.active = active
-    for adapter in state.adapters.values():
-        if adapter.in_place:
-            # The weights file holds the trained values, not those from
-            # before: unknown.
+    if state.in_place:
+        # The weights file holds the trained values, not those from
+        # before: unknown.
+        for adapter in state.adapters.values():
             adapter.originals = None
     layers, _ = _merged_lora_indices(backbone)
     for index in merged:

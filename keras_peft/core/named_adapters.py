@@ -116,7 +116,6 @@ def disabled(model):
         kept = [
             config
             for adapter in state.adapters.values()
-            if adapter.in_place
             for config, group in zip(
                 adapter.configs, adapter.trainable_base_variables
             )
@@ -223,8 +222,6 @@ def _keep_in_place(holders, state):
     """`state`'s only adapter trains its base variables in place again:
     its `KeptVariable`s' values go into them, and the modules go."""
     ((name, adapter),) = state.adapters.items()
-    if adapter.in_place:
-        return state
     modules = {
         id(layer): layer
         for holder in holders
@@ -239,7 +236,6 @@ def _keep_in_place(holders, state):
         name,
         adapter.configs,
         adapter.trainable_base_variables,
-        in_place=True,
         originals=originals,
     )
 

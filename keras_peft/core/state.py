@@ -15,18 +15,16 @@ class NamedAdapter:
     Args:
         configs: tuple. The applied configs, in order.
         trainable_base_variables: list of tuples. For each config, the base
-            variables it trains (BitFit's biases).
-        in_place: bool. Whether those train in place (the model holds only
-            this adapter) or as the adapter's own copies (`KeptVariable`
-            slots, once the model holds several adapters).
-        originals: dict or `None`. `id(variable)` to the value each of
-            them had before it trained in place; `None` when unknown (a
+            variables it trains (BitFit's biases): in place while the model
+            holds only this adapter (`PeftState.in_place`), else as the
+            adapter's own copies (`KeptVariable` slots).
+        originals: dict or `None`. While it trains in place, `id(variable)`
+            to the value each of them had before; `None` when unknown (a
             model restored from a `.keras` file).
     """
 
     configs: tuple
     trainable_base_variables: list
-    in_place: bool = True
     originals: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -76,25 +74,30 @@ class PeftState:
         return self.adapters[self.active].trainable_base_variables
 
     @property
+    def in_place(self):
+        """Whether the adapters train their base variables in place: the
+        model holds one adapter (several each keep their own copies)."""
+        return len(self.adapters) == 1
+
+    @property
     def all_trainable_base_variables(self):
-        """The base variables that train in place, one tuple per config of
-        each adapter training them in place."""
+        """The base variables that train in place, one tuple per config."""
+        if not self.in_place:
+            return []
         return [
             group
             for adapter in self.adapters.values()
-            if adapter.in_place
             for group in adapter.trainable_base_variables
         ]
 
     def replaced(self, name, configs, trainable_base_variables, **fields):
         """A copy with adapter `name` holding these configs (added last if
-        new; dropped if `configs` is empty). `fields` (`in_place`,
-        `originals`) default to those adapter `name` had."""
+        new; dropped if `configs` is empty). `fields` (`originals`) default
+        to those adapter `name` had."""
         adapters = dict(self.adapters)
         if configs:
             previous = adapters.get(name)
             if previous is not None:
-                fields.setdefault("in_place", previous.in_place)
                 fields.setdefault("originals", previous.originals)
             adapters[name] = NamedAdapter(
                 tuple(configs), list(trainable_base_variables), **fields

@@ -99,7 +99,7 @@ def check_joinable(context, name, others):
         )
     for other in others:
         adapter = state.adapters[other]
-        if not (adapter.in_place and adapter.kept_variables):
+        if not (state.in_place and adapter.kept_variables):
             continue
         if adapter.originals is None:
             raise ValueError(

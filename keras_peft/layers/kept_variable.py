@@ -9,6 +9,7 @@ from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
 
 from keras_peft.core.scopes import scope_of
 from keras_peft.layers.adapter_layer import AdapterLayer
+from keras_peft.layers.lora_dense import is_linear
 from keras_peft.layers.variable_overlay import overlay
 from keras_peft.layers.variable_overlay import raw_value
 
@@ -25,13 +26,11 @@ def check_keepable(layer, variable_name):
     """Raises a `ValueError` unless each named adapter can keep its own
     value of `layer`'s variable `variable_name` (a layer kind whose output
     can take that variable per example)."""
-    for kind, names in _ROLES.items():
-        if type(layer) is kind and variable_name in names:
-            if kind is keras.layers.LayerNormalization and not _last_axis(
-                layer
-            ):
-                break
-            return
+    kind = type(layer)
+    if variable_name in _ROLES.get(kind, ()) and (
+        kind is not keras.layers.LayerNormalization or _last_axis(layer)
+    ):
+        return
     allowed = ", ".join(
         f"{kind.__name__}.{'/'.join(names)}" for kind, names in _ROLES.items()
     )
@@ -170,9 +169,6 @@ class KeptVariable(AdapterLayer):
         stacked = ops.stack([ops.convert_to_tensor(c) for c in candidates])
         return ops.take(stacked, self._slot_index(), axis=0)
 
-    def call(self, inputs=None):
-        return self.value()
-
     def get_config(self):
         config = super().get_config()
         config["variable_name"] = self.variable_name
@@ -261,10 +257,7 @@ def _activation_holder(layer):
     """The layer, `layer` or one it wraps, applying a nonlinear activation
     after its bias; `None` if none does."""
     while isinstance(layer, keras.Layer):
-        activation = getattr(layer, "activation", None)
-        if activation is not None and activation is not (
-            keras.activations.linear
-        ):
+        if not is_linear(getattr(layer, "activation", None)):
             return layer
         layer = getattr(layer, "wrapped_layer", None)
     return None

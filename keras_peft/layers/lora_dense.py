@@ -14,7 +14,8 @@ from keras_peft.layers.wrapper import Wrapper
 _DENSE_EQUATION = "...a,ab->...b"
 
 
-def _is_linear(activation):
+def is_linear(activation):
+    """Whether `activation` leaves its input as it is (`None` too)."""
     return activation is None or activation is keras.activations.linear
 
 
@@ -216,16 +217,16 @@ class LoRADense(Wrapper, AdapterLayer):
             self.activation = keras.activations.get(activation)
         else:
             own = keras.activations.get(activation)
-            if not _is_linear(own) and not _is_linear(base_layer.activation):
+            if not is_linear(own) and not is_linear(base_layer.activation):
                 raise ValueError(
                     f"Both LoRADense and its base layer {base_layer.name!r} "
                     "have an activation; give it to only one of them."
                 )
-            self.activation = base_layer.activation if _is_linear(own) else own
+            self.activation = base_layer.activation if is_linear(own) else own
         # The update must act before the activation, so this layer applies
         # it and the base computes only the affine part.
         self._base_activation = base_layer.activation
-        if not _is_linear(base_layer.activation):
+        if not is_linear(base_layer.activation):
             base_layer.activation = keras.activations.linear
         # The kernel as it was before `merge()`, so that `unmerge()` restores
         # it bit for bit: `(k + d) - d` is not `k` in floating point.
@@ -452,7 +453,7 @@ class LoRADense(Wrapper, AdapterLayer):
         config = super().get_config()
         base_layer = config.pop("base_layer")
         activation = self.activation
-        if not _is_linear(self._base_activation):
+        if not is_linear(self._base_activation):
             # The activation came from the base: store it there, so that the
             # restored layer takes it over again and `release()` gives it
             # back to the base.
