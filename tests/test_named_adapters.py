@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import keras_peft
+from keras_peft.core import switching
 from keras_peft.layers.adapter_layer import AdapterLayer
 from keras_peft.layers.kept_variable import KeptVariable
 from keras_peft.layers.lora_dense import LoRADense
@@ -111,13 +112,54 @@ def _named_model(case, adapters, seed=0):
     given random weights of its own (and its own head, on a task)."""
     model = case.build()
     for index, (name, configs) in enumerate(adapters):
-        before = {id(v) for v in model.weights}
         keras_peft.apply(model, configs, name=name)
-        new = [v for v in model.trainable_weights if id(v) not in before]
+        new = _adapter_variables(model, name)
         if index == 0:
             new = model.trainable_weights
         _randomize(model, new, seed + index)
     return model
+
+
+def _adapter_variables(model, name):
+    """Adapter `name`'s trainable variables: its slots (a bank's row for a
+    slot after the first) and its head."""
+    return [variable for _, variable in switching.named_variables(model, name)]
+
+
+def _element_owners(model):
+    """`id(variable)` to `{adapter name: mask of the elements of its
+    slot}` for each variable of the model's adapter layers (a bank holds
+    several adapters' slots, and padding that belongs to none)."""
+    owners = {}
+    for layer in _adapter_layers(model):
+        for slot, name in enumerate(layer.slot_names):
+            for variable in layer.slot_variables(slot):
+                target = getattr(variable, "bank", variable)
+                masks = owners.setdefault(id(target), {})
+                mask = masks.setdefault(name, np.zeros(target.shape, bool))
+                mask[getattr(variable, "index", ...)] = True
+    return owners
+
+
+def _mask(owners, variable, names):
+    """The mask of `variable`'s elements held for any of `names`."""
+    if id(variable) not in owners:
+        raise AssertionError(f"{variable.path} belongs to no adapter")
+    mask = np.zeros(variable.shape, bool)
+    for name, own in owners[id(variable)].items():
+        if name in names:
+            mask |= own
+    return mask
+
+
+def _assert_gradients_only_in(grads, variables, masks):
+    """Each gradient is exactly zero outside its variable's mask (inactive
+    adapters, a bank's padding) and not all zero inside a non-empty one."""
+    for variable, grad, mask in zip(variables, grads, masks):
+        grad = np.zeros(variable.shape) if grad is None else np.asarray(grad)
+        assert not np.any(grad[~mask]), variable.path
+        if mask.any():
+            assert np.any(grad[mask]), variable.path
 
 
 def _outputs_by_name(model, case):
@@ -288,37 +330,38 @@ def test_only_the_active_adapter_gets_gradients_and_trains(methods):
     keras_peft.set_active(model, "b")
     inputs, labels = case.inputs(), case.labels()
     trainable = model.trainable_weights
-    names = {id(v): _owner(model, v) for v in trainable}
+    owners = _element_owners(model)
+
+    def moves(variable):
+        return _mask(owners, variable, ("b",))
 
     def loss(*_):
         return case.loss(labels, model(inputs, training=False))
 
     _, grads = helpers.gradients(loss, trainable)
-    for variable, grad in zip(trainable, grads):
-        if names[id(variable)] == "a":
-            assert grad is None or not np.any(grad), variable.path
-        else:
-            assert grad is not None and np.any(grad), variable.path
-
-    _fit_moves_only(
-        model, inputs, labels, case.loss, lambda v: names[id(v)] == "b"
-    )
+    _assert_gradients_only_in(grads, trainable, [moves(v) for v in trainable])
+    _fit_moves_only(model, inputs, labels, case.loss, moves)
 
 
 def _fit_moves_only(model, inputs, labels, loss, moves):
     """Fits `model` 2 epochs with a fresh Adam and checks that exactly the
-    trainable variables for which `moves(variable)` holds changed."""
+    elements of trainable variables in the mask `moves(variable)` changed
+    (some of each non-empty mask)."""
     helpers.compile(model, optimizer=keras.optimizers.Adam(0.01), loss=loss)
     before = [np.array(keras.ops.convert_to_numpy(v)) for v in model.weights]
     model.fit(inputs, labels, epochs=2, verbose=0)
     for variable, old in zip(model.weights, before):
         new = keras.ops.convert_to_numpy(variable)
-        if variable.trainable and moves(variable):
-            assert not np.array_equal(new, old), variable.path
-        else:
-            # Exact: frozen weights are never written, and a zero gradient
-            # from a fresh Adam updates by 0.
-            np.testing.assert_array_equal(new, old, variable.path)
+        mask = (
+            moves(variable)
+            if variable.trainable
+            else np.zeros(variable.shape, bool)
+        )
+        if mask.any():
+            assert not np.array_equal(new[mask], old[mask]), variable.path
+        # Exact: frozen weights are never written, and a zero gradient
+        # from a fresh Adam updates by 0.
+        np.testing.assert_array_equal(new[~mask], old[~mask], variable.path)
 
 
 def _owner(model, variable):
@@ -542,10 +585,14 @@ def test_adapters_of_other_ranks_widths_and_lengths_share_a_layer(
     first = layer.adapter_variables[0].name
     axis = layer.padded_axes[first]
     assert [
-        tuple(v.shape)[axis]
-        for v in layer.adapter_variables
-        if v.name.split("__")[0] == first
+        tuple(layer.slot_variables(slot)[0].shape)[axis]
+        for slot in range(len(layer.slot_names))
     ] == widths
+    # The slots after slot 0, in one bank padded to the widest.
+    bank = layer.bank_variables[0]
+    assert bank.path.endswith(f"/{first}__slots")
+    assert tuple(bank.shape)[0] == len(widths) - 1
+    assert tuple(bank.shape)[1:][axis] == max(widths[1:])
     expected = _outputs_by_name(model, case)
     for name in methods:
         keras_peft.save_adapter(model, tmp_path / name, name=name)
@@ -855,10 +902,7 @@ def test_an_adapter_trained_in_place_hands_its_values_over(first):
     helpers.assert_outputs_close(case.outputs(model), expected, 1e-6)
     with keras_peft.disabled(model):
         helpers.assert_outputs_equal(case.outputs(model), base_outputs)
-    b_variables = [
-        v for v in model.trainable_weights if _owner(model, v) == "b"
-    ]
-    _randomize(model, b_variables, 5)
+    _randomize(model, _adapter_variables(model, "b"), 5)
     keras_peft.set_active(model, "b")
     b_outputs = case.outputs(model)
     assert not np.allclose(
@@ -1259,8 +1303,10 @@ def test_a_prompt_adapter_takes_more_configs_and_reads_back_its_prompt():
     alone = case.build()
     keras_peft.apply(alone, SWITCHABLE["prompt"]())
     prompt = [v for v in alone.trainable_weights if v.name == "prompt"][0]
-    model_prompt = [v for v in model.weights if v.name == "prompt__b"][0]
-    prompt.assign(keras.ops.convert_to_numpy(model_prompt))
+    model_prompt = [
+        v for _, v in switching.named_variables(model, "b") if v.name == "prompt"
+    ][0]
+    prompt.assign(np.asarray(model_prompt))
     assert read["b"] == keras_peft.nearest_tokens(alone, tokenizer, k=2)
     assert read["a"] != read["b"]
     # An adapter without a prompt has no tokens to read.

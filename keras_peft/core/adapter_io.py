@@ -220,7 +220,8 @@ def _saved_variables(model, computed, name):
         for variable in layer.prefix_source.weights
     }
     for address, variable in switching.named_variables(model, name):
-        if id(variable) not in dropped:
+        # A slot kept in a bank's row: the bank's.
+        if id(getattr(variable, "bank", variable)) not in dropped:
             yield (
                 address,
                 variable.path,

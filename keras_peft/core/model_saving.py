@@ -36,9 +36,11 @@ from keras_peft.core import task_heads
 RECORD_KEY = "keras_peft"
 # Version 2 names the adapters (`adapters`, `active`); a model holding one
 # adapter named "default" still writes version 1 (`configs`), which every
-# keras-peft reads.
-RECORD_VERSION = 2
-READABLE_RECORD_VERSIONS = (1, 2)
+# keras-peft reads. Version 3 is version 2 with the slots after the first
+# kept in banks (one variable per adapter variable, all slots stacked):
+# the weights of a version 2 file holding several adapters do not fit.
+RECORD_VERSION = 3
+READABLE_RECORD_VERSIONS = (1, 2, 3)
 HEADS_KEY = "keras_peft_heads"
 
 _PEFT_CLASS = {}  # keras-hub backbone class -> its keras-peft subclass
@@ -142,6 +144,16 @@ def _restore(base, config):
             f"{record!r}."
         )
     named, active = _named_configs(base, record)
+    if record["format_version"] == 2 and len(named) > 1:
+        raise ValueError(
+            f"Cannot rebuild {base.__name__}: its {RECORD_KEY!r} record is "
+            "of version 2, written by a keras-peft development version that "
+            "kept each adapter's slot in variables of its own; this version "
+            "keeps them in banks, and the file's weights do not fit. Load "
+            "it with the version that wrote it and save each adapter "
+            "(`keras_peft.save_adapter(model, path, name=...)`), then load "
+            "them into the base model by name."
+        )
     for name, configs in named:
         # The weights file supplies every value: no initialization from data.
         injection.plan(backbone, configs, initialize=False, name=name).install()

@@ -11,6 +11,7 @@ from keras_peft.core import scopes
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
 from keras_peft.core import switching
+from keras_peft.core import tf_distribute
 from keras_peft.layers.disabling import all_disabled
 from keras_peft.layers.kept_variable import KeptVariable
 from keras_peft.layers.site_host import SiteHost
@@ -191,8 +192,10 @@ def delete_adapter(model, name):
         for layer in layers
         if name in layer.slot_names and layer.slot_names != (name,)
     ]
-    for layer in shared:
-        layer.remove_slot(name)
+    # Removing a slot remakes the layer's banks.
+    with tf_distribute.creation_scope(context.model):
+        for layer in shared:
+            layer.remove_slot(name)
     for holder in holders:
         # Layers the holders share (the backbone's) go once.
         present = {id(layer) for layer, _ in layer_tree.iter_layers(holder)}

@@ -84,13 +84,16 @@ def _group_order(group):
 
 
 def _grouped_weights(model):
-    """Yields `(variable, group)` for each of a model's weights.
+    """Yields `(variable, group, size)` for each of a model's weights.
 
     The one place that decides which group a trainable variable counts in:
     the method that owns it (adapter weights, and variables a method keeps
     trainable in the base, such as BitFit's biases), `"head"` (task layers
     outside the backbone) or `"base"` (other backbone weights). `group` is
-    `None` for a frozen variable.
+    `None` for a frozen variable. `size` is its number of parameters. A
+    bank holding several adapters' slots counts each slot at its own size
+    (not the padding), in its adapter's group: a bank of copies kept for
+    adapters of several groups is yielded once per group.
     """
     try:
         backbone = architectures.resolve_model(model).backbone
@@ -103,33 +106,44 @@ def _grouped_weights(model):
         for config, kept in zip(state.configs, state.trainable_base_variables):
             if config_lib.method_of(config).owns_kept_variables:
                 for variable in kept:
-                    owners[id(variable)] = config.method
+                    owners[id(variable)] = {config.method: _size(variable)}
     switches = set()
     for layer, _ in layer_tree.iter_layers(model):
-        if isinstance(layer, KeptVariable):
-            for slot, name in enumerate(layer.slot_names):
+        if not isinstance(layer, AdapterLayer):
+            continue
+        if layer.active_slot is not None:
+            switches.add(id(layer.active_slot))
+        for variable in layer.adapter_variables:
+            owners[id(variable)] = {layer.method: _size(variable)}
+        for bank in layer.bank_variables:
+            owners[id(bank)] = {}
+        for slot, name in enumerate(layer.slot_names):
+            if isinstance(layer, KeptVariable):
                 group = _kept_group(state, name, layer.base_variable)
-                for variable in layer.slot_variables(slot):
-                    owners[id(variable)] = group
-        elif isinstance(layer, AdapterLayer):
-            for variable in layer.adapter_variables:
-                owners[id(variable)] = layer.method
-            if layer.active_slot is not None:
-                switches.add(id(layer.active_slot))
+            else:
+                group = layer.method
+            for variable in layer.slot_variables(slot):
+                key = id(getattr(variable, "bank", variable))
+                if slot == 0:
+                    owners[key] = {}
+                counts = owners[key]
+                counts[group] = counts.get(group, 0) + _size(variable)
 
     for variable in model.weights:
         if id(variable) in switches:
             # Which adapter acts, not a parameter.
             continue
         if not variable.trainable:
-            group = None
+            counts = owners.get(id(variable))
+            size = sum(counts.values()) if counts else _size(variable)
+            yield variable, None, size
         elif id(variable) in owners:
-            group = owners[id(variable)]
+            for group, size in owners[id(variable)].items():
+                yield variable, group, size
         elif id(variable) in backbone_ids:
-            group = "base"
+            yield variable, "base", _size(variable)
         else:
-            group = "head"
-        yield variable, group
+            yield variable, "head", _size(variable)
 
 
 def _kept_group(state, name, variable):
@@ -166,8 +180,7 @@ def trainable_summary(model):
     """
     counts = {}
     trainable = total = 0
-    for variable, group in _grouped_weights(model):
-        size = _size(variable)
+    for _, group, size in _grouped_weights(model):
         total += size
         if group is None:
             continue
@@ -217,7 +230,7 @@ def variable_groups(model):
     ```
     """
     groups = {}
-    for variable, group in _grouped_weights(model):
+    for variable, group, _ in _grouped_weights(model):
         if group is not None:
             groups.setdefault(group, []).append(variable)
     return {g: groups[g] for g in sorted(groups, key=_group_order)}

@@ -175,7 +175,8 @@ def named_variables(model, name, view=None, trainable_ids=None, absorbed=()):
             (`Plan.absorbed`): `new`'s variables stand for that slot.
 
     Returns:
-        A list of `(address, variable)`, in `model.weights` order.
+        A list of `(address, variable)`, in `model.weights` order; a slot
+        kept in a row of a bank is a `SlotRow`, in its bank's place.
     """
     view = _resolved(view or {})
     takes = {}
@@ -188,19 +189,24 @@ def named_variables(model, name, view=None, trainable_ids=None, absorbed=()):
         )
         takes.update({id(old): new for old, new in pairs})
     addresses = _alone_addresses(model, name, view, takes)
+    # `id` of a variable in the model to `(address, what stands for it)`:
+    # the variable, or the row of a bank holding adapter `name`'s slot.
     mine, others, planned = {}, set(), []
     for layer in layer_tree.layers_in_order(model, view):
         if not isinstance(layer, AdapterLayer):
             continue
         names = layer.slot_names or (name,)
         own_addresses = [addresses.get(id(v)) for v in layer.stands_for()]
+        others.update(id(bank) for bank in layer.bank_variables)
         for slot, slot_name in enumerate(names):
             variables = layer.slot_variables(slot)
             for address, variable in zip(own_addresses, variables):
+                # A slot after slot 0 is a row of its variable's bank.
+                key = id(getattr(variable, "bank", variable))
                 if slot_name == name:
-                    mine[id(variable)] = address
-                else:
-                    others.add(id(variable))
+                    mine[key] = (address, variable)
+                elif slot == 0:
+                    others.add(key)
         if id(layer) in takes:
             for address, variable in zip(
                 own_addresses, takes[id(layer)].slot_variables(0)
@@ -211,7 +217,7 @@ def named_variables(model, name, view=None, trainable_ids=None, absorbed=()):
     found = []
     for variable in layer_tree.weights_in_order(model, view):
         if id(variable) in mine:
-            found.append((mine[id(variable)], variable))
+            found.append(mine[id(variable)])
         elif id(variable) not in others and (
             variable.trainable
             if trainable_ids is None

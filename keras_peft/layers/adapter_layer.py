@@ -3,6 +3,7 @@
 import contextlib
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_peft.core.scopes import scope_of
@@ -81,22 +82,40 @@ class AdapterLayer(keras.layers.Layer):
         return self.__dict__.get("_active_slot")
 
     def slot_variables(self, slot=0):
-        """The adapter variables of one slot, in slot 0's order."""
+        """The adapter variables of one slot, in slot 0's order.
+
+        Slot 0's are the layer's own variables. A further slot's are rows
+        of the layer's banks (`SlotRow`s): they read and assign like
+        variables, at the slot's own shape.
+        """
         template = self._template_variables()
         if slot == 0:
             return template
-        banks = self.__dict__.get("_slot_banks", [])
-        return list(banks[slot - 1])
+        shapes = self.__dict__["_slot_shapes"][slot - 1]
+        return [
+            SlotRow(self, bank, slot, shape, variable.name)
+            for variable, bank, shape in zip(template, self._banks(), shapes)
+        ]
 
     def stands_for(self):
         """The variables whose addresses slot 0's variables take in an
         adapter bundle: by default, slot 0's own."""
         return self.slot_variables(0)
 
+    def _banks(self):
+        """One variable per slot-0 variable, holding every further slot's
+        values stacked on a leading axis (padded to one shape along
+        `padded_axes`); empty while the layer holds one slot."""
+        return list(self.__dict__.get("_bank_variables", []))
+
+    @property
+    def bank_variables(self):
+        """The variables holding the slots after slot 0, one per slot-0
+        variable (empty while the layer holds one slot)."""
+        return self._banks()
+
     def _template_variables(self):
-        banked = {
-            id(v) for bank in self.__dict__.get("_slot_banks", []) for v in bank
-        }
+        banked = {id(v) for v in self._banks()}
         return [v for v in self.adapter_variables if id(v) not in banked]
 
     def check_slot_source(self, source):
@@ -203,27 +222,53 @@ class AdapterLayer(keras.layers.Layer):
     def add_slot(self, name, source):
         """Adds a slot for adapter `name` holding copies of `source`'s slot-0
         values (`check_slot_source` passed)."""
-        values = [ops.convert_to_numpy(v) for v in source.slot_variables(0)]
-        self._add_bank(name, values)
+        values = [_numpy(v) for v in source.slot_variables(0)]
+        self._set_bank_rows(self._bank_rows() + [values])
         settings = list(self.__dict__.get("_slot_settings", []))
         self.__dict__["_slot_settings"] = settings + [
             {key: getattr(source, key) for key in self.per_slot_settings}
         ]
         self.set_slot_names(self.slot_names + (name,))
 
-    def _add_bank(self, name, values):
-        """Adds slot variables named `<variable>__<name>` holding `values`
-        (in slot 0's order, each of its own shape)."""
-        variables = []
+    def _bank_rows(self):
+        """The values of every slot after slot 0: per slot, one array per
+        slot-0 variable, at the slot's own shape."""
+        count = len(self.__dict__.get("_slot_shapes", []))
+        return [
+            [row.numpy() for row in self.slot_variables(slot)]
+            for slot in range(1, count + 1)
+        ]
+
+    def _set_bank_rows(self, rows):
+        """Makes the banks anew to hold `rows` (per slot after slot 0, one
+        array per slot-0 variable, in slot 0's order).
+
+        A bank is remade whole, under the same name, so its path (and the
+        name TensorFlow gives it) stays that of the bank it replaces: a new
+        name per variable made would cost memory that TensorFlow keeps for
+        the process's life.
+        """
+        template = self._template_variables()
+        banks = []
         with self._unlocked():
-            for variable, value in zip(self._template_variables(), values):
-                variables.append(
-                    self._add_slot_variable(
-                        f"{variable.name}__{name}", value, variable
+            for variable in self._banks():
+                self._untrack_variable(variable)
+            self.__dict__["_bank_variables"] = []
+            if rows:
+                for i, variable in enumerate(template):
+                    stacked = _stack_padded(
+                        [row[i] for row in rows],
+                        self.padded_axes.get(variable.name),
                     )
-                )
-        banks = list(self.__dict__.get("_slot_banks", []))
-        self.__dict__["_slot_banks"] = banks + [variables]
+                    banks.append(
+                        self._add_slot_variable(
+                            f"{variable.name}__slots", stacked, variable
+                        )
+                    )
+        self.__dict__["_bank_variables"] = banks
+        self.__dict__["_slot_shapes"] = [
+            [tuple(value.shape) for value in row] for row in rows
+        ]
 
     def _add_slot_variable(self, name, value, like):
         """A variable named `name` holding `value`, of `like`'s dtype and
@@ -243,7 +288,7 @@ class AdapterLayer(keras.layers.Layer):
         return variable
 
     def remove_slot(self, name):
-        """Drops the slot of adapter `name` and its variables. Slot 0 (the
+        """Drops the slot of adapter `name` and its values. Slot 0 (the
         layer's own variables) takes over slot 1's values and name; a
         layer's only slot cannot be removed."""
         slot = self.slot_names.index(name)
@@ -255,12 +300,9 @@ class AdapterLayer(keras.layers.Layer):
         if slot == 0:
             self._swap_first_slots()
             slot, name = 1, self.slot_names[1]
-        banks = list(self.__dict__["_slot_banks"])
-        dropped = banks.pop(slot - 1)
-        with self._unlocked():
-            for variable in dropped:
-                self._untrack_variable(variable)
-        self.__dict__["_slot_banks"] = banks
+        rows = self._bank_rows()
+        rows.pop(slot - 1)
+        self._set_bank_rows(rows)
         settings = list(self.__dict__.get("_slot_settings", []))
         settings.pop(slot - 1)
         self.__dict__["_slot_settings"] = settings
@@ -277,11 +319,11 @@ class AdapterLayer(keras.layers.Layer):
         )
         names = list(self.slot_names)
         if [tuple(v.shape) for v in first] == [tuple(v.shape) for v in second]:
-            values = [ops.convert_to_numpy(v) for v in first]
+            values = [_numpy(v) for v in first]
             for variable, value in zip(first, second):
-                variable.assign(value)
-            for variable, value in zip(second, values):
-                variable.assign(value)
+                variable.assign(value.numpy())
+            for row, value in zip(second, values):
+                row.assign(value)
         else:
             self._rebuild_slots([1, 0] + list(range(2, len(names))))
         self._set_slot_settings(0, second_settings)
@@ -293,24 +335,23 @@ class AdapterLayer(keras.layers.Layer):
         """Makes every slot variable anew, slot `order[k]`'s values in
         slot `k` (variables of other shapes cannot be assigned), in the
         order a layer built slot by slot has them."""
-        slots = [self.slot_variables(s) for s in range(len(order))]
-        values = [[ops.convert_to_numpy(v) for v in slots[s]] for s in order]
-        template = slots[0]
-        names = [self.slot_names[s] for s in order]
+        rows = [[_numpy(v) for v in self.slot_variables(0)]]
+        rows += self._bank_rows()
+        rows = [rows[s] for s in order]
+        template = self.slot_variables(0)
         attributes = {
             id(value): key
             for key, value in vars(self).items()
             if any(value is v for v in template)
         }
         with self._unlocked():
-            for variable in [v for slot in slots for v in slot]:
+            for variable in template + self._banks():
                 self._untrack_variable(variable)
-            for variable, value in zip(template, values[0]):
+            self.__dict__["_bank_variables"] = []
+            for variable, value in zip(template, rows[0]):
                 new = self._add_slot_variable(variable.name, value, variable)
                 object.__setattr__(self, attributes[id(variable)], new)
-        self.__dict__["_slot_banks"] = []
-        for name, slot_values in zip(names[1:], values[1:]):
-            self._add_bank(name, slot_values)
+        self._set_bank_rows(rows[1:])
 
     def select(self, name):
         """Points `active_slot` at adapter `name`'s slot, or at no slot when
@@ -364,48 +405,164 @@ class AdapterLayer(keras.layers.Layer):
         each example's, stacked on a leading batch axis."""
         if not self.switched:
             return variables if len(variables) > 1 else variables[0]
-        template = self._template_variables()
-        position = {id(v): i for i, v in enumerate(template)}
-        banks = self.__dict__.get("_slot_banks", [])
         index = self._slot_index()
         values = []
         for variable in variables:
-            i = position[id(variable)]
             # `.value`: read as the layer reads its variables (autocast).
-            candidates = [
-                self.slot_candidate(template[i].name, slot, v.value)
-                for slot, v in enumerate([variable] + [b[i] for b in banks])
-            ]
-            candidates = self._padded(template[i].name, candidates)
-            values.append(take_slot(candidates, index))
+            stacked = self.slot_stack(variable, lambda v: v.value)
+            value = take_slot(stacked, index)
+            values.append(self._scaled(variable.name, value, index))
         return tuple(values) if len(values) > 1 else values[0]
 
-    def slot_candidate(self, name, slot, value):
-        """What slot `slot` contributes for variable `name` (slot 0's
-        name) to the stack `slot_values` takes from; `value` by default."""
-        return value
+    def slot_stack(self, variable, read):
+        """Every slot's value of slot-0 `variable`, stacked on a leading
+        axis (padded along `padded_axes` to one shape): `read(variable)`,
+        then the rows of its bank, read by `read` too."""
+        template = self._template_variables()
+        i = next(k for k, v in enumerate(template) if v is variable)
+        own = ops.expand_dims(read(variable), 0)
+        banks = self._banks()
+        if not banks:
+            return own
+        bank = read(banks[i])
+        axis = self.padded_axes.get(variable.name)
+        if axis is not None:
+            axis = axis % len(variable.shape) + 1
+            size = max(own.shape[axis], bank.shape[axis])
+            own, bank = (_pad_to(x, axis, size) for x in (own, bank))
+        return ops.concatenate([own, bank], axis=0)
 
-    def _padded(self, name, candidates):
-        axis = self.padded_axes.get(name)
-        if axis is None:
-            return candidates
-        size = max(c.shape[axis] for c in candidates)
-        padded = []
-        for candidate in candidates:
-            width = [[0, 0] for _ in candidate.shape]
-            width[axis][1] = size - candidate.shape[axis]
-            padded.append(
-                ops.pad(candidate, width) if width[axis][1] else candidate
+    def slot_scales(self, name):
+        """Per slot, the factor variable `name` (slot 0's name) is
+        multiplied by where slots are stacked, or `None` for none: each
+        slot's own scale (LoRA's `alpha / rank`)."""
+        return None
+
+    def _scaled(self, name, value, index):
+        """`value`, taken at `index` from the stack of variable `name`,
+        times the scale of its slot (1 past the last slot)."""
+        scales = self.slot_scales(name)
+        if scales is None:
+            return value
+        table = ops.convert_to_tensor(list(scales) + [1.0], "float32")
+        scale = ops.cast(ops.take(table, index), value.dtype)
+        if len(ops.shape(scale)):
+            # One per example: along the batch axis.
+            scale = ops.reshape(scale, (-1,) + (1,) * (len(value.shape) - 1))
+        return ops.multiply(value, scale)
+
+
+def take_slot(stacked, index):
+    """`stacked[index]` (one value per slot, stacked on a leading axis),
+    zeros for `index == len(stacked)`; with `index` of shape `(batch,)`,
+    one per example, stacked."""
+    stacked = ops.concatenate([stacked, ops.zeros_like(stacked[:1])], 0)
+    return ops.take(stacked, index, axis=0)
+
+
+class SlotRow:
+    """One slot's value of one adapter variable, kept in a row of its
+    layer's bank: read and assigned like a variable, at the slot's own
+    shape (its bank may be padded wider).
+
+    Args:
+        layer: the `AdapterLayer` holding the bank.
+        bank: the bank variable.
+        slot: int >= 1. The slot (row `slot - 1`).
+        shape: tuple. The slot's own shape of the variable.
+        name: str. The slot-0 variable's name.
+    """
+
+    def __init__(self, layer, bank, slot, shape, name):
+        self.bank = bank
+        self.slot = slot
+        self.shape = tuple(shape)
+        self.name = name
+        names = layer.slot_names
+        owner = names[slot] if slot < len(names) else str(slot)
+        # Where a variable of its own would be.
+        self.path = f"{bank.path.rpartition('/')[0]}/{name}__{owner}"
+
+    @property
+    def dtype(self):
+        return self.bank.dtype
+
+    @property
+    def trainable(self):
+        return self.bank.trainable
+
+    @property
+    def value(self):
+        """The slot's value, read as the bank reads (autocast inside a
+        mixed-precision layer)."""
+        return self._of(self.bank.value)
+
+    def _of(self, stacked):
+        row = stacked[self.slot - 1]
+        return row[self._region()] if self.shape else row
+
+    @property
+    def index(self):
+        """Where the slot's values are in its bank: a NumPy index."""
+        return (self.slot - 1,) + self._region()
+
+    def numpy(self):
+        """The slot's value as a NumPy array."""
+        stacked = np.asarray(ops.convert_to_numpy(self.bank))
+        return np.array(stacked[self.index])
+
+    def __array__(self, dtype=None, copy=None):
+        value = self.numpy()
+        return value if dtype is None else value.astype(dtype)
+
+    def _region(self):
+        return tuple(slice(0, n) for n in self.shape)
+
+    def assign(self, value):
+        """Sets the slot's value (of the slot's shape)."""
+        value = np.asarray(value)
+        if tuple(value.shape) != self.shape:
+            raise ValueError(
+                f"Slot {self.slot} of {self.path!r} has shape {self.shape}; "
+                f"received a value of shape {tuple(value.shape)}."
             )
-        return padded
+        stacked = np.array(ops.convert_to_numpy(self.bank))
+        # Padding stays zero.
+        stacked[self.slot - 1] = 0
+        stacked[self.index] = value
+        self.bank.assign(stacked)
+
+    def __repr__(self):
+        return f"<SlotRow path={self.path} shape={self.shape}>"
 
 
-def take_slot(candidates, index):
-    """`candidates[index]` (one value per slot, of one shape), zeros for
-    `index == len(candidates)`; with `index` of shape `(batch,)`, one per
-    example, stacked."""
-    candidates = list(candidates) + [ops.zeros_like(candidates[0])]
-    return ops.take(ops.stack(candidates), index, axis=0)
+def _numpy(variable):
+    if isinstance(variable, SlotRow):
+        return variable.numpy()
+    return np.array(ops.convert_to_numpy(variable))
+
+
+def _pad_to(value, axis, size):
+    missing = size - value.shape[axis]
+    if not missing:
+        return value
+    width = [[0, 0] for _ in value.shape]
+    width[axis][1] = missing
+    return ops.pad(value, width)
+
+
+def _stack_padded(values, axis):
+    """`values` (arrays) stacked on a new leading axis, padded with zeros
+    along `axis` (or not, for `None`) to the widest."""
+    if axis is None:
+        return np.stack(values)
+    size = max(v.shape[axis] for v in values)
+    padded = []
+    for value in values:
+        width = [(0, 0)] * value.ndim
+        width[axis] = (0, size - value.shape[axis])
+        padded.append(np.pad(value, width))
+    return np.stack(padded)
 
 
 def _constant(value):

@@ -167,7 +167,7 @@ class Bottleneck(AdapterLayer):
         values = self.slot_values(*variables)
         down_kernel, down_bias, up_kernel, up_bias = values[:4]
         if self.learned_scale is None and self.switched:
-            # `slot_candidate` scaled each slot by its own scale.
+            # `slot_scales` scaled each slot by its own scale.
             return down_kernel, down_bias, up_kernel, up_bias
         scale = self.scale if self.learned_scale is None else values[4]
         if self.learned_scale is not None and self.routed:
@@ -184,11 +184,15 @@ class Bottleneck(AdapterLayer):
             ops.multiply(up_bias, scale),
         )
 
-    def slot_candidate(self, name, slot, value):
-        scale = self.slot_setting(slot, "scale")
-        if name in ("up_kernel", "up_bias") and scale != LEARNED:
-            return ops.multiply(value, scale)
-        return value
+    def slot_scales(self, name):
+        if name not in ("up_kernel", "up_bias"):
+            return None
+        scales = [
+            self.slot_setting(s, "scale")
+            for s in range(max(len(self.slot_names), 1))
+        ]
+        # A learned scale is a variable, applied in `projections`.
+        return None if LEARNED in scales else scales
 
     def delta(self, inputs):
         """`s * (f(inputs W_down + b_down) W_up + b_up)` in the input dtype."""

@@ -160,13 +160,10 @@ class KeptVariable(AdapterLayer):
         batch axis."""
         if not self.switched:
             return raw_value(self.own)
-        candidates = [
-            raw_value(self.slot_variables(slot)[0])
-            for slot in range(max(len(self.slot_names), 1))
-        ]
+        stacked = self.slot_stack(self.own, raw_value)
         # Past the last slot: the base model's own value.
-        candidates.append(raw_value(self.base_variable))
-        stacked = ops.stack([ops.convert_to_tensor(c) for c in candidates])
+        base = ops.expand_dims(raw_value(self.base_variable), 0)
+        stacked = ops.concatenate([stacked, base], axis=0)
         return ops.take(stacked, self._slot_index(), axis=0)
 
     def get_config(self):

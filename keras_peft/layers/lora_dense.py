@@ -252,12 +252,12 @@ class LoRADense(Wrapper, AdapterLayer):
             return alpha / math.sqrt(rank)
         return alpha / rank
 
-    def slot_candidate(self, name, slot, value):
-        # Each slot's B is scaled by its own scale before slots are
-        # stacked; a layer with one adapter scales it in `call`.
-        if name == "lora_b":
-            return ops.multiply(value, self.slot_scale(slot))
-        return value
+    def slot_scales(self, name):
+        # Switched, each slot's B is scaled by its own scale as it is
+        # taken; a layer with one adapter scales it in `call`.
+        if name != "lora_b":
+            return None
+        return [self.slot_scale(s) for s in range(max(len(self.slot_names), 1))]
 
     def _equations(self, input_rank=None):
         equation = getattr(self.base_layer, "equation", _DENSE_EQUATION)

@@ -222,9 +222,7 @@ class PrefixAttention(Wrapper, AdapterLayer):
             self._add_prefix_weights("zeros", values[0])
         finally:
             self._tracker.lock()
-        self.__dict__["_slot_banks"] = []
-        for name, slot_values in zip(names[1:], values[1:]):
-            self._add_bank(name, slot_values)
+        self._set_bank_rows(values[1:])
 
     def signature_config(self):
         # Not `get_config()`: a T5 attention layer has none to give.

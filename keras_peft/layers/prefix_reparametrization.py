@@ -103,32 +103,48 @@ class PrefixReparametrization(AdapterLayer):
                 f"Layer index {index} is outside [0, {self.num_layers})."
             )
         if slot is not None:
-            return self._prefix(self.slot_variables(slot), index)
+            return self._prefix(
+                [v.value for v in self.slot_variables(slot)], index
+            )
         if not self.switched:
             return self._prefix(self._variables(), index)
-        slots = range(max(len(self.slot_names), 1))
         chosen = self._slot_index()
+        stacks = self._stacked_layer_weights(index)
         if not self.routed:
             # The active slot's weights, this layer's columns of the output
-            # layer only: stacking every slot's whole output kernel would
+            # layer only: taking every slot's whole output kernel would
             # move `num_layers` times more.
-            weights = [
-                self._layer_weights(
-                    [v.value for v in self.slot_variables(slot)], index
-                )
-                for slot in slots
-            ]
             return self._layer_prefix(
-                [take_slot([w[i] for w in weights], chosen) for i in range(5)]
+                [take_slot(stack, chosen) for stack in stacks]
             )
         # Each slot's prefix, not the MLP's weights, is gathered per
         # example: the output kernel is far larger than the prefix.
-        prefixes = [
-            self._prefix(self.slot_variables(slot), index) for slot in slots
-        ]
-        return tuple(
-            take_slot([p[i] for p in prefixes], chosen) for i in (0, 1)
+        embedding, hidden_kernel, hidden_bias, kernel, bias = stacks
+        hidden = ops.tanh(
+            ops.matmul(embedding, hidden_kernel) + hidden_bias[:, None]
         )
+        outputs = ops.matmul(hidden, kernel) + bias[:, None]
+        outputs = ops.reshape(
+            outputs, (-1, self.length, 2, self.num_heads, self.head_dim)
+        )
+        return tuple(take_slot(outputs[:, :, k], chosen) for k in (0, 1))
+
+    def _stacked_layer_weights(self, index):
+        """Every slot's `_layer_weights` for layer `index`, each stacked on
+        a leading slot axis; the output layer cut before stacking."""
+        size = 2 * self.num_heads * self.head_dim
+        start = index * size
+        template = self._template_variables()
+        banks = dict(zip(map(id, template), self._banks()))
+        stacks = []
+        for k, variable in enumerate(self._variables()):
+            parts = [variable.value[None]]
+            if id(variable) in banks:
+                parts.append(banks[id(variable)].value)
+            if k >= 3:
+                parts = [p[..., start : start + size] for p in parts]
+            stacks.append(ops.concatenate(parts, axis=0))
+        return stacks
 
     def serve(self, index, attention_layer):
         """Records that layer `index`'s prefix is `attention_layer`'s."""

@@ -67,6 +67,18 @@ def _paths_by_group(model):
     owner = {}
     for group, variables in summary.variable_groups(model).items():
         for variable in variables:
+            if owner.get(variable.path, group) != group and any(
+                v is variable for v in groups[owner[variable.path]]
+            ):
+                raise ValueError(
+                    f"The variable {variable.path!r} of {model.name} holds "
+                    "the copies that several named adapters keep of one "
+                    "base variable, in groups "
+                    f"{owner[variable.path]!r} and {group!r} (BitFit's "
+                    "biases and LoRA's `bias`): one variable trains at one "
+                    "rate. Pass `groups=` with it in one group, or train "
+                    "those adapters in models of their own."
+                )
             if owner.setdefault(variable.path, group) != group:
                 # Grouping is kept by path (it must survive `get_config`);
                 # one path in two groups could not be told apart.
@@ -76,8 +88,11 @@ def _paths_by_group(model):
                     f"({owner[variable.path]!r} and {group!r}); give their "
                     "layers distinct names."
                 )
-            groups.setdefault(group, []).append(variable.path)
-    return groups
+            groups.setdefault(group, []).append(variable)
+    return {
+        group: [variable.path for variable in variables]
+        for group, variables in groups.items()
+    }
 
 
 def _clip_by_global_norm(grads, clip_norm):

@@ -74,7 +74,7 @@ def nearest_tokens(model, tokenizer, k=5):
             )
         slot = names.index(state.active)
     bank = np.asarray(
-        keras.ops.convert_to_numpy(prompt.slot_variables(slot)[0]), "float32"
+        prompt.slot_variables(slot)[0].numpy(), "float32"
     )
     vocabulary = _unit(embeddings)
     found = []

@@ -109,7 +109,7 @@ def _kept_host(base, names, slots):
         modules.append(module)
     for module in modules:
         slots[module.variable_name] = [
-            _numpy(module.slot_variables(s)[0]) for s in range(2)
+            np.asarray(module.slot_variables(s)[0]) for s in range(2)
         ] + [_numpy(module.base_variable)]
     return SiteHost(base, kept=modules), modules
 
