@@ -10,12 +10,12 @@ import keras_peft
 from keras_peft.layers import routing
 from tests import helpers
 from tests.test_named_adapters import SWITCHABLE
-from tests.test_named_adapters import _fit_moves_only
-from tests.test_named_adapters import _named_model
-from tests.test_named_adapters import _outputs_by_name
 from tests.test_named_adapters import _assert_gradients_only_in
 from tests.test_named_adapters import _element_owners
+from tests.test_named_adapters import _fit_moves_only
 from tests.test_named_adapters import _mask
+from tests.test_named_adapters import _named_model
+from tests.test_named_adapters import _outputs_by_name
 
 BACKEND = keras.backend.backend()
 TASKS = {

@@ -1304,7 +1304,7 @@ def test_a_prompt_adapter_takes_more_configs_and_reads_back_its_prompt():
     keras_peft.apply(alone, SWITCHABLE["prompt"]())
     prompt = [v for v in alone.trainable_weights if v.name == "prompt"][0]
     model_prompt = [
-        v for _, v in switching.named_variables(model, "b") if v.name == "prompt"
+        v for v in _adapter_variables(model, "b") if v.name == "prompt"
     ][0]
     prompt.assign(np.asarray(model_prompt))
     assert read["b"] == keras_peft.nearest_tokens(alone, tokenizer, k=2)

@@ -1,6 +1,5 @@
 """Reading a learned prompt back as vocabulary tokens."""
 
-import keras
 import numpy as np
 
 from keras_peft.core import architectures
@@ -73,9 +72,7 @@ def nearest_tokens(model, tokenizer, k=5):
                 "them (`keras_peft.set_active`)."
             )
         slot = names.index(state.active)
-    bank = np.asarray(
-        prompt.slot_variables(slot)[0].numpy(), "float32"
-    )
+    bank = np.asarray(prompt.slot_variables(slot)[0].numpy(), "float32")
     vocabulary = _unit(embeddings)
     found = []
     for prompt in bank:
