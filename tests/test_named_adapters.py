@@ -1314,3 +1314,28 @@ def test_a_prompt_adapter_takes_more_configs_and_reads_back_its_prompt():
     keras_peft.set_active(model, "c")
     with pytest.raises(ValueError, match="'c' has no prompt.*\\['a', 'b'\\]"):
         keras_peft.nearest_tokens(model, tokenizer, k=2)
+
+
+def test_grouped_optimizer_refuses_one_bank_of_copies_in_two_groups():
+    """BitFit's copies count as "bitfit", LoRA's kept biases as "base";
+    where both keep a bias, its copies are rows of one variable, which
+    one optimizer trains at one rate: a clear error, unless `groups=`
+    puts it in one group. (Slot 0, "a"'s, is a variable of its own.)"""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = _named_model(
+        case,
+        [
+            ("a", SWITCHABLE["bitfit"]()),
+            ("b", SWITCHABLE["lora_bias"]()),
+            ("c", SWITCHABLE["bitfit"]()),
+        ],
+    )
+    with pytest.raises(ValueError, match="'bitfit' and 'base'.*one rate"):
+        keras_peft.GroupedOptimizer(
+            keras.optimizers.Adam(), {"bitfit": 1e-3}, model=model
+        )
+    paths = [v.path for v in model.trainable_variables]
+    optimizer = keras_peft.GroupedOptimizer(
+        keras.optimizers.Adam(), {"all": 1e-3}, groups={"all": paths}
+    )
+    optimizer.build(model.trainable_variables)

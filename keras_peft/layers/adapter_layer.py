@@ -20,7 +20,11 @@ class AdapterLayer(keras.layers.Layer):
 
     One layer can hold the weights of several named adapters (`slots`):
     slot 0 is the variables the layer built; `add_slot` gives it another
-    adapter's, of the same shapes. Once `enable_switching()` made its
+    adapter's, of the same shapes (but for `padded_axes`). The slots after
+    slot 0 are rows of the layer's `bank_variables`: one variable per
+    slot-0 variable, every further slot stacked on its leading axis, so
+    that a layer holding many adapters has few variables (TensorFlow pays
+    per variable, made and read, far more than per byte). Once `enable_switching()` made its
     int32 `active_slot` variable, the layer computes with the slot that
     variable names, or, when it names no slot (`len(slot_names)`), with
     zeros in place of every adapter variable: the layer then adds exactly
@@ -428,9 +432,26 @@ class AdapterLayer(keras.layers.Layer):
         axis = self.padded_axes.get(variable.name)
         if axis is not None:
             axis = axis % len(variable.shape) + 1
+            bank = self._without_padding(bank, i, axis)
             size = max(own.shape[axis], bank.shape[axis])
             own, bank = (_pad_to(x, axis, size) for x in (own, bank))
         return ops.concatenate([own, bank], axis=0)
+
+    def _without_padding(self, bank, i, axis):
+        """`bank` (the stacked value of slot-0 variable `i`, padded along
+        `axis`) with its padding replaced by zeros, which take no
+        gradient: the padding itself must never train (a bottleneck of
+        sigmoid units would otherwise pass it one)."""
+        widths = [
+            shapes[i][axis - 1] for shapes in self.__dict__["_slot_shapes"]
+        ]
+        size = bank.shape[axis]
+        if min(widths) == size:
+            return bank
+        used = np.arange(size)[None, :] < np.array(widths)[:, None]
+        shape = [len(widths)] + [1] * (len(bank.shape) - 1)
+        shape[axis] = size
+        return ops.where(used.reshape(shape), bank, ops.zeros_like(bank))
 
     def slot_scales(self, name):
         """Per slot, the factor variable `name` (slot 0's name) is

@@ -181,8 +181,41 @@ def test_record_of_another_version_is_refused(tmp_path):
         path, lambda record: record.update(format_version=99)
     )
     with pytest.raises(
-        ValueError, match="not a keras-peft record of version 1 or 2"
+        ValueError, match="not a keras-peft record of version 1 or 2 or 3"
     ):
+        keras.models.load_model(edited)
+
+
+def test_a_version_2_record_loads_one_named_adapter_and_refuses_several(
+    tmp_path,
+):
+    """Version 2 kept each adapter's slots in variables of their own: one
+    named adapter (no further slots) still loads, several are refused
+    with a way out."""
+    case = helpers.MODEL_CASES["bert_backbone"]
+    config = helpers.METHOD_CASES["lora"].config(case)
+    model = case.build()
+    keras_peft.apply(model, config, name="sst2")
+    helpers.randomize_trainable(model, scale=0.3)
+    expected = case.outputs(model)
+    path = os.path.join(tmp_path, "one.keras")
+    model.save(path)
+    assert _saved_config(path)["config"]["keras_peft"]["format_version"] == 3
+    edited = _with_edited_record(
+        path, lambda record: record.update(format_version=2)
+    )
+    restored = keras.models.load_model(edited)
+    assert keras_peft.adapter_names(restored) == ("sst2",)
+    # Exact: the same ops run on the same values.
+    helpers.assert_outputs_equal(case.outputs(restored), expected)
+
+    keras_peft.apply(model, config, name="mnli")
+    path = os.path.join(tmp_path, "two.keras")
+    model.save(path)
+    edited = _with_edited_record(
+        path, lambda record: record.update(format_version=2)
+    )
+    with pytest.raises(ValueError, match="version 2.*banks.*save_adapter"):
         keras.models.load_model(edited)
 
 

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_peft.layers import Adapter
 from keras_peft.layers import LoRADense
 from keras_peft.layers import routing
 from tests import helpers
@@ -158,3 +159,36 @@ def test_a_bank_gets_gradients_only_in_the_active_slots_row():
         assert np.all(grad[mask] != 0), bank.path
         # Exact: other slots and the padding take no part.
         np.testing.assert_array_equal(grad[~mask], 0)
+
+
+def test_a_banks_padding_takes_no_gradient_and_never_trains():
+    """Adapters of widths 4, 2 and 3 with sigmoid units: the padding of
+    the narrower slots computes `sigmoid(0) = 0.5` in its hidden units,
+    yet takes exactly zero gradient, so that no optimizer moves it."""
+    h = RNG.normal(size=(3, 6)).astype("float32")
+    layers = {}
+    for name, width in (("a", 4), ("b", 2), ("c", 3)):
+        adapter = Adapter(bottleneck=width, activation="sigmoid")
+        adapter.build((None, 6))
+        adapter.up_kernel.assign(RNG.normal(size=adapter.up_kernel.shape))
+        layers[name] = adapter
+    layer = layers["a"]
+    layer.set_slot_names(["a"])
+    for name in ("b", "c"):
+        layer.add_slot(name, layers[name])
+    layer.enable_switching()
+    layer.select("b")
+    np.testing.assert_allclose(
+        helpers.numpy(layer(h)), helpers.numpy(layers["b"](h)), atol=1e-5
+    )
+
+    def loss(*_):
+        return keras.ops.sum(keras.ops.square(layer(h)))
+
+    banks = layer.bank_variables
+    _, grads = helpers.gradients(loss, banks)
+    for bank, grad, row in zip(banks, grads, layer.slot_variables(1)):
+        mask = np.zeros(bank.shape, bool)
+        mask[row.index] = True
+        # Exact: the padding and slot "c" take no part.
+        np.testing.assert_array_equal(np.asarray(grad)[~mask], 0)
