@@ -24,12 +24,14 @@ class AdapterLayer(keras.layers.Layer):
     slot 0 are rows of the layer's `bank_variables`: one variable per
     slot-0 variable, every further slot stacked on its leading axis, so
     that a layer holding many adapters has few variables (TensorFlow pays
-    per variable, made and read, far more than per byte). Once `enable_switching()` made its
-    int32 `active_slot` variable, the layer computes with the slot that
-    variable names, or, when it names no slot (`len(slot_names)`), with
-    zeros in place of every adapter variable: the layer then adds exactly
-    nothing. Switching is an assignment, so compiled functions keep
-    running without being traced again. Subclasses read their adapter
+    per variable, made and read, far more than per byte).
+
+    Once `enable_switching()` made its int32 `active_slot` variable, the
+    layer computes with the slot that variable names, or, when it names
+    no slot (`len(slot_names)`), with zeros in place of every adapter
+    variable: the layer then adds exactly nothing. Switching is an
+    assignment, so compiled functions keep running without being traced
+    again. Subclasses read their adapter
     variables through `slot_values`.
 
     While disabled (`keras_peft.layers.disabling`), a layer computes what
