@@ -250,9 +250,10 @@ class AdapterLayer(keras.layers.Layer):
         array per slot-0 variable, in slot 0's order).
 
         A bank is remade whole, under the same name, so its path (and the
-        name TensorFlow gives it) stays that of the bank it replaces: a new
-        name per variable made would cost memory that TensorFlow keeps for
-        the process's life.
+        name TensorFlow gives it) stays that of the bank it replaces, and
+        with room for more slots than it holds (`bank_capacity`): each
+        variable of a new name, or of a new shape under a name, costs
+        memory that TensorFlow keeps for the process's life.
         """
         template = self._template_variables()
         banks = []
@@ -266,6 +267,10 @@ class AdapterLayer(keras.layers.Layer):
                         [row[i] for row in rows],
                         self.padded_axes.get(variable.name),
                     )
+                    spare = bank_capacity(len(rows)) - len(rows)
+                    stacked = np.concatenate(
+                        [stacked, np.zeros((spare,) + stacked.shape[1:])]
+                    ).astype(stacked.dtype)
                     banks.append(
                         self._add_slot_variable(
                             f"{variable.name}__slots", stacked, variable
@@ -430,7 +435,7 @@ class AdapterLayer(keras.layers.Layer):
         banks = self._banks()
         if not banks:
             return own
-        bank = read(banks[i])
+        bank = self._bank_value(banks[i], read)
         axis = self.padded_axes.get(variable.name)
         if axis is not None:
             axis = axis % len(variable.shape) + 1
@@ -438,6 +443,13 @@ class AdapterLayer(keras.layers.Layer):
             size = max(own.shape[axis], bank.shape[axis])
             own, bank = (_pad_to(x, axis, size) for x in (own, bank))
         return ops.concatenate([own, bank], axis=0)
+
+    def _bank_value(self, bank, read):
+        """`read(bank)`, its rows for the slots it holds only (not the room
+        for more)."""
+        value = read(bank)
+        count = len(self.__dict__["_slot_shapes"])
+        return value[:count] if value.shape[0] > count else value
 
     def _without_padding(self, bank, i, axis):
         """`bank` (the stacked value of slot-0 variable `i`, padded along
@@ -473,6 +485,13 @@ class AdapterLayer(keras.layers.Layer):
             # One per example: along the batch axis.
             scale = ops.reshape(scale, (-1,) + (1,) * (len(value.shape) - 1))
         return ops.multiply(value, scale)
+
+
+def bank_capacity(count):
+    """The rows a bank holding `count` slots has: `count` up to 8, then
+    the next multiple of 8, so that 100 adapters give 20 bank shapes, not
+    100, at most 7 rows of zeros each."""
+    return count if count <= 8 else -(-count // 8) * 8
 
 
 def take_slot(stacked, index):

@@ -140,7 +140,9 @@ class PrefixReparametrization(AdapterLayer):
         for k, variable in enumerate(self._variables()):
             parts = [variable.value[None]]
             if id(variable) in banks:
-                parts.append(banks[id(variable)].value)
+                parts.append(
+                    self._bank_value(banks[id(variable)], lambda v: v.value)
+                )
             if k >= 3:
                 parts = [p[..., start : start + size] for p in parts]
             stacks.append(ops.concatenate(parts, axis=0))

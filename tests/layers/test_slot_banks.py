@@ -7,6 +7,8 @@ import pytest
 from keras_peft.layers import Adapter
 from keras_peft.layers import LoRADense
 from keras_peft.layers import routing
+from keras_peft.layers.adapter_layer import bank_capacity
+from keras_peft.layers.kept_variable import KeptVariable
 from tests import helpers
 
 RNG = np.random.default_rng(0)
@@ -27,7 +29,7 @@ def _lora(rank, seed):
 def _shared(ranks):
     """A LoRA layer holding a slot per rank in `ranks` (names "a", "b",
     ...), and the layers each slot was copied from."""
-    names = "abcdefgh"[: len(ranks)]
+    names = "abcdefghijklmnop"[: len(ranks)]
     sources = [_lora(rank, seed) for seed, rank in enumerate(ranks)]
     layer = sources[0]
     layer.set_slot_names([names[0]])
@@ -192,3 +194,75 @@ def test_a_banks_padding_takes_no_gradient_and_never_trains():
         mask[row.index] = True
         # Exact: the padding and slot "c" take no part.
         np.testing.assert_array_equal(np.asarray(grad)[~mask], 0)
+
+
+def test_a_bank_has_room_for_more_slots_that_takes_no_part():
+    """Past 8 slots a bank grows 8 rows at a time (each bank shape made
+    costs TensorFlow memory for the process's life): 100 adapters make 20
+    shapes. The rows to spare stay zero, take no gradient, and every slot
+    and "no slot" compute as before."""
+    assert bank_capacity(3) == 3 and bank_capacity(9) == 16
+    assert len({bank_capacity(count) for count in range(1, 100)}) == 20
+    ranks = [2, 4, 1, 3, 2, 4, 1, 3, 2, 4, 1]
+    layer, alone = _shared(ranks)
+    assert layer.slot_names == tuple("abcdefghijk")
+    a_bank, b_bank = layer.bank_variables
+    assert tuple(a_bank.shape) == (16, 5, 4)
+    # Exact: spare rows are zeros.
+    np.testing.assert_array_equal(np.asarray(a_bank)[10:], 0)
+    for name in ("a", "c", "k"):
+        layer.select(name)
+        np.testing.assert_allclose(
+            helpers.numpy(layer(X)), helpers.numpy(alone[name](X)), atol=1e-5
+        )
+    ids = np.array([10, 11, 3, 0], "int32")
+    with routing.per_example(list("abcdefghijk") + ["none"], ids):
+        rows = helpers.numpy(layer(X))
+    base = helpers.numpy(alone["a"].base_layer(X))
+    np.testing.assert_allclose(rows[1], base[1], atol=1e-5)
+    np.testing.assert_allclose(
+        rows[0], helpers.numpy(alone["k"](X))[0], atol=1e-5
+    )
+
+    def loss(*_):
+        with routing.per_example(list("abcdefghijk") + ["none"], ids):
+            return keras.ops.sum(keras.ops.square(layer(X)))
+
+    _, grads = helpers.gradients(loss, [a_bank, b_bank])
+    for grad in grads:
+        # Exact: rows to spare take no part.
+        np.testing.assert_array_equal(np.asarray(grad)[10:], 0)
+        assert np.any(np.asarray(grad)[9])  # Slot "k".
+    layer.remove_slot("k")
+    layer.remove_slot("j")
+    assert tuple(layer.bank_variables[0].shape) == (8, 5, 4)
+
+
+def test_a_kept_variable_past_its_last_slot_reads_the_base_value():
+    """With rows to spare in its bank, an adapter keeping no copy still
+    computes with the base variable's value, not a spare row's zeros."""
+    dense = keras.layers.Dense(4)
+    dense.build((None, 3))
+    dense.bias.assign(RNG.normal(size=4))
+    kept = KeptVariable("bias")
+    kept.link(dense)
+    kept.set_slot_names(["s0"])
+    values = {}
+    for slot in range(1, 10):
+        source = KeptVariable("bias")
+        source.link(dense)
+        source.own.assign(RNG.normal(size=4))
+        values[f"s{slot}"] = np.asarray(source.own)
+        kept.add_slot(f"s{slot}", source)
+    kept.enable_switching()
+    assert tuple(kept.bank_variables[0].shape) == (16, 4)
+    names = [f"s{slot}" for slot in range(10)] + ["other"]
+    with routing.per_example(names, np.array([10, 9, 10], "int32")):
+        value = helpers.numpy(kept.value())
+    # Exact: values copied and gathered.
+    np.testing.assert_array_equal(value[0], np.asarray(dense.bias))
+    np.testing.assert_array_equal(value[1], values["s9"])
+    kept.select("other")
+    np.testing.assert_array_equal(
+        helpers.numpy(kept.value()), np.asarray(dense.bias)
+    )
