@@ -31,8 +31,7 @@ class AdapterLayer(keras.layers.Layer):
     no slot (`len(slot_names)`), with zeros in place of every adapter
     variable: the layer then adds exactly nothing. Switching is an
     assignment, so compiled functions keep running without being traced
-    again. Subclasses read their adapter
-    variables through `slot_values`.
+    again. Subclasses read their adapter variables through `slot_values`.
 
     While disabled (`keras_peft.layers.disabling`), a layer computes what
     its base layer computes.
@@ -100,7 +99,9 @@ class AdapterLayer(keras.layers.Layer):
         shapes = self.__dict__["_slot_shapes"][slot - 1]
         return [
             SlotRow(self, bank, slot, shape, variable.name)
-            for variable, bank, shape in zip(template, self._banks(), shapes)
+            for variable, bank, shape in zip(
+                template, self.bank_variables, shapes
+            )
         ]
 
     def stands_for(self):
@@ -108,20 +109,15 @@ class AdapterLayer(keras.layers.Layer):
         adapter bundle: by default, slot 0's own."""
         return self.slot_variables(0)
 
-    def _banks(self):
+    @property
+    def bank_variables(self):
         """One variable per slot-0 variable, holding every further slot's
         values stacked on a leading axis (padded to one shape along
         `padded_axes`); empty while the layer holds one slot."""
         return list(self.__dict__.get("_bank_variables", []))
 
-    @property
-    def bank_variables(self):
-        """The variables holding the slots after slot 0, one per slot-0
-        variable (empty while the layer holds one slot)."""
-        return self._banks()
-
     def _template_variables(self):
-        banked = {id(v) for v in self._banks()}
+        banked = {id(v) for v in self.bank_variables}
         return [v for v in self.adapter_variables if id(v) not in banked]
 
     def check_slot_source(self, source):
@@ -240,8 +236,13 @@ class AdapterLayer(keras.layers.Layer):
         """The values of every slot after slot 0: per slot, one array per
         slot-0 variable, at the slot's own shape."""
         count = len(self.__dict__.get("_slot_shapes", []))
+        # Each bank read once, not once per slot.
+        banks = [_numpy(bank) for bank in self.bank_variables]
         return [
-            [row.numpy() for row in self.slot_variables(slot)]
+            [
+                np.array(bank[row.index])
+                for bank, row in zip(banks, self.slot_variables(slot))
+            ]
             for slot in range(1, count + 1)
         ]
 
@@ -258,7 +259,7 @@ class AdapterLayer(keras.layers.Layer):
         template = self._template_variables()
         banks = []
         with self._unlocked():
-            for variable in self._banks():
+            for variable in self.bank_variables:
                 self._untrack_variable(variable)
             self.__dict__["_bank_variables"] = []
             if rows:
@@ -356,7 +357,7 @@ class AdapterLayer(keras.layers.Layer):
             if any(value is v for v in template)
         }
         with self._unlocked():
-            for variable in template + self._banks():
+            for variable in template + self.bank_variables:
                 self._untrack_variable(variable)
             self.__dict__["_bank_variables"] = []
             for variable, value in zip(template, rows[0]):
@@ -432,7 +433,7 @@ class AdapterLayer(keras.layers.Layer):
         template = self._template_variables()
         i = next(k for k, v in enumerate(template) if v is variable)
         own = ops.expand_dims(read(variable), 0)
-        banks = self._banks()
+        banks = self.bank_variables
         if not banks:
             return own
         bank = self._bank_value(banks[i], read)

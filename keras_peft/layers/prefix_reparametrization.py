@@ -134,19 +134,14 @@ class PrefixReparametrization(AdapterLayer):
         a leading slot axis; the output layer cut before stacking."""
         size = 2 * self.num_heads * self.head_dim
         start = index * size
-        template = self._template_variables()
-        banks = dict(zip(map(id, template), self._banks()))
-        stacks = []
-        for k, variable in enumerate(self._variables()):
-            parts = [variable.value[None]]
-            if id(variable) in banks:
-                parts.append(
-                    self._bank_value(banks[id(variable)], lambda v: v.value)
-                )
-            if k >= 3:
-                parts = [p[..., start : start + size] for p in parts]
-            stacks.append(ops.concatenate(parts, axis=0))
-        return stacks
+
+        def cut(variable):
+            return variable.value[..., start : start + size]
+
+        return [
+            self.slot_stack(variable, cut if k >= 3 else lambda v: v.value)
+            for k, variable in enumerate(self._variables())
+        ]
 
     def serve(self, index, attention_layer):
         """Records that layer `index`'s prefix is `attention_layer`'s."""

@@ -65,16 +65,15 @@ def _check_rate(group, rate):
 def _paths_by_group(model):
     groups = {}
     owner = {}
+    seen = {}  # id of a variable to its first group
     for group, variables in summary.variable_groups(model).items():
         for variable in variables:
-            if owner.get(variable.path, group) != group and any(
-                v is variable for v in groups[owner[variable.path]]
-            ):
+            if seen.setdefault(id(variable), group) != group:
                 raise ValueError(
                     f"The variable {variable.path!r} of {model.name} holds "
                     "the copies that several named adapters keep of one "
                     "base variable, in groups "
-                    f"{owner[variable.path]!r} and {group!r} (BitFit's "
+                    f"{seen[id(variable)]!r} and {group!r} (BitFit's "
                     "biases and LoRA's `bias`): one variable trains at one "
                     "rate. Pass `groups=` with it in one group, or train "
                     "those adapters in models of their own."
@@ -88,11 +87,8 @@ def _paths_by_group(model):
                     f"({owner[variable.path]!r} and {group!r}); give their "
                     "layers distinct names."
                 )
-            groups.setdefault(group, []).append(variable)
-    return {
-        group: [variable.path for variable in variables]
-        for group, variables in groups.items()
-    }
+            groups.setdefault(group, []).append(variable.path)
+    return groups
 
 
 def _clip_by_global_norm(grads, clip_norm):
