@@ -279,6 +279,79 @@ def test_t5_beam_search_decodes_each_example_with_its_adapter():
     assert len({tuple(row) for row in routed}) > 1
 
 
+@pytest.mark.parametrize("change", ["apply", "delete_adapter"])
+def test_a_trained_server_asks_for_compile_again(change):
+    """A server compiled and trained on its own has an optimizer built for
+    the variables it trained: when another adapter joins the model it
+    holds, or one it does not serve leaves (every bank made anew), `fit`
+    asks for `compile()` up front, and trains once compiled again."""
+    case, model, _, _ = _server("bert_classifier")
+    names = keras_peft.adapter_names(model)
+    server = keras_peft.multi_task(model, list(names[:2]))
+    inputs = {**case.inputs(), "task_ids": np.array([1, 0, 1, 0], "int32")}
+    helpers.compile(server, optimizer="adam", loss=case.loss)
+    server.fit(inputs, case.labels(), verbose=0)
+    with pytest.warns(UserWarning, match=f"keras_peft.{change}") as record:
+        if change == "apply":
+            keras_peft.apply(model, SWITCHABLE["lora"](), name="extra")
+        else:
+            keras_peft.set_active(model, names[0])
+            keras_peft.delete_adapter(model, names[2])
+    (warning,) = [w for w in record if "MultiTaskModel" in str(w.message)]
+    assert warning.filename == __file__  # the user's line, not ours
+    assert not server.compiled
+    with pytest.raises(ValueError, match="compile"):
+        server.fit(inputs, case.labels(), verbose=0)
+    helpers.compile(server, optimizer="adam", loss=case.loss)
+    server.fit(inputs, case.labels(), verbose=0)
+
+
+def test_a_server_generates_with_what_the_model_holds_now():
+    """The routed generation a server traces does not outlive a change of
+    the model it holds: another adapter joining remakes the banks (new
+    variables) its trace read, and `disabled` switches every adapter off.
+    Each is checked against a server made afresh (the same ops on the same
+    values: exact)."""
+    import warnings
+
+    from tests import t5_decoding
+
+    case, model, server, _ = _server("t5_seq2seq", ("lora", "lora", "lora"))
+    names = server.task_names
+    inputs = {**t5_decoding.generate_inputs(batch=4), "task_ids": TASK_IDS}
+    model.compile(sampler="greedy")
+
+    def generated(served):
+        outputs = served.generate(inputs, stop_token_ids=None)
+        return np.asarray(outputs["decoder_token_ids"])
+
+    before = generated(server)
+    with warnings.catch_warnings():
+        # Compiled before: `apply` warns that `compile` must run again.
+        warnings.simplefilter("ignore")
+        keras_peft.apply(model, SWITCHABLE["lora"](), name="extra")
+    # Weights far from the trained-looking ones: other greedy tokens.
+    for name in names:
+        _randomize_strongly(model, name)
+    now = generated(keras_peft.multi_task(model, list(names)))
+    assert not np.array_equal(now, before)
+    np.testing.assert_array_equal(generated(server), now)
+    with keras_peft.disabled(model):
+        base = generated(keras_peft.multi_task(model, list(names)))
+        assert not np.array_equal(base, now)
+        np.testing.assert_array_equal(generated(server), base)
+    np.testing.assert_array_equal(generated(server), now)
+
+
+def _randomize_strongly(model, name):
+    from keras_peft.core import switching
+
+    rng = np.random.default_rng(len(name))
+    for _, variable in switching.named_variables(model, name):
+        value = 2.0 * rng.normal(size=tuple(variable.shape))
+        variable.assign(value.astype(variable.dtype))
+
+
 def _sequence_log_prob(model, inputs, tokens, row):
     """The log-probability the active adapter gives row `row` of `tokens`
     (after its first, given token)."""

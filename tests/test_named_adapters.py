@@ -1339,3 +1339,58 @@ def test_grouped_optimizer_refuses_one_bank_of_copies_in_two_groups():
         keras.optimizers.Adam(), {"all": 1e-3}, groups={"all": paths}
     )
     optimizer.build(model.trainable_variables)
+
+
+@pytest.mark.parametrize("ranks", [(4, 4), (4, 2)], ids=["equal", "other"])
+def test_an_adapter_growing_after_others_keeps_the_adapters_order(
+    ranks, tmp_path
+):
+    """Adapter "a" takes the value projections after "b" took them: each
+    layer keeps its slots in the order of the model's adapters ("a"
+    first), the order a `.keras` file rebuilds them in, so that every
+    adapter loads with its own weights (of the same rank, or another)."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+
+    def lora(rank, targets):
+        return keras_peft.LoRAConfig(rank=rank, alpha=8, targets=targets)
+
+    model = _named_model(
+        case,
+        [
+            ("a", lora(ranks[0], ["query"])),
+            ("b", lora(ranks[1], ["query", "value"])),
+        ],
+    )
+    keras_peft.apply(model, lora(ranks[0], ["value"]), name="a")
+    _randomize(model, _adapter_variables(model, "a"), 7)
+    expected = _outputs_by_name(model, case)
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    outputs = _outputs_by_name(restored, case)
+    for name in ("a", "b"):
+        helpers.assert_outputs_equal(outputs[name], expected[name])
+    for layer in switching.adapter_layers(model):
+        assert layer.slot_names == ("a", "b")
+
+
+def test_the_summary_counts_each_of_many_prefix_mlps_once():
+    """Ten prefixes trained through their MLPs (the MLP's banks then have
+    rows to spare): the summary counts each adapter as a model holding it
+    alone counts it, the shared MLP once per adapter."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    alone = case.build()
+    keras_peft.apply(alone, SWITCHABLE["prefix_mlp"]())
+    one = keras_peft.trainable_summary(alone)
+    model = case.build()
+    for index in range(10):
+        keras_peft.apply(model, SWITCHABLE["prefix_mlp"](), name=f"t{index}")
+    assert any(
+        bank.shape[0] > 9
+        for layer in switching.adapter_layers(model)
+        for bank in layer.bank_variables
+    )
+    summary = keras_peft.trainable_summary(model)
+    groups, alone_groups = dict(summary.groups), dict(one.groups)
+    assert groups["prefix_tuning"] == 10 * alone_groups["prefix_tuning"]
+    assert summary.prefix_mlp == 10 * one.prefix_mlp
+    assert summary.computed_prefix == 10 * one.computed_prefix

@@ -23,6 +23,15 @@ def require_recompile(model, action, stacklevel=2):
         stacklevel: int. Where the user's call into keras-peft is, counting
             the caller of this function as 1 (as `warnings.warn` counts).
     """
+    from keras_peft.core import surgery
+
+    # A `keras_peft.multi_task` model compiled on its own trains the same
+    # variables.
+    for target in [model] + surgery.dependents(model):
+        _require_recompile(target, action, stacklevel + 1)
+
+
+def _require_recompile(model, action, stacklevel):
     if not isinstance(model, keras.Model) or not model.compiled:
         return
     optimizer = getattr(model, "optimizer", None)
@@ -31,7 +40,7 @@ def require_recompile(model, action, stacklevel=2):
     model.compiled = False
     warnings.warn(
         f"{action} changed which weights of {type(model).__name__} train "
-        "after its optimizer was built for others: call `model.compile(...)` "
+        "after its optimizer was built for others: call `compile(...)` "
         "again (with a new optimizer) before `fit` or `evaluate`. keras-peft "
         "marked the model as not compiled.",
         UserWarning,

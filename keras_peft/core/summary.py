@@ -113,8 +113,16 @@ def _grouped_weights(model):
             continue
         if layer.active_slot is not None:
             switches.add(id(layer.active_slot))
+        # A nested adapter layer's (a shared prefix MLP's) count their own.
+        nested = {
+            id(v)
+            for inner in layer._flatten_layers(include_self=False)
+            if isinstance(inner, AdapterLayer)
+            for v in inner.weights
+        }
         for variable in layer.adapter_variables:
-            owners[id(variable)] = {layer.method: _size(variable)}
+            if id(variable) not in nested:
+                owners[id(variable)] = {layer.method: _size(variable)}
         for bank in layer.bank_variables:
             owners[id(bank)] = {}
         for slot, name in enumerate(layer.slot_names):
@@ -199,7 +207,8 @@ def trainable_summary(model):
         prefix_mlp=sum(
             _size(v)
             for source in sources.values()
-            for v in source.weights
+            for slot in range(max(len(source.slot_names), 1))
+            for v in source.slot_variables(slot)
             if v.trainable
         ),
         computed_prefix=eject.computed_prefix_size(prefixes),

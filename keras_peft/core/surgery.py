@@ -153,10 +153,15 @@ def register_dependent(model, dependent):
     _DEPENDENTS.setdefault(model, weakref.WeakSet()).add(dependent)
 
 
+def dependents(model):
+    """The models registered as running `model` (`register_dependent`)."""
+    return list(_DEPENDENTS.get(model, ()))
+
+
 def forget_compiled_functions(model):
     """Drops traced functions that would still run the old layers: the
     model's, and those of models registered as running it."""
-    for dependent in list(_DEPENDENTS.get(model, ())):
+    for dependent in dependents(model):
         _forget(dependent)
     _forget(model)
 
@@ -169,6 +174,8 @@ def _forget(model):
         "test_function",
         "predict_function",
         "generate_function",
+        # A `MultiTaskModel`'s routed generation, traced once per sampler.
+        "_generate_function",
     ):
         if getattr(model, name, None) is not None:
             setattr(model, name, None)

@@ -135,12 +135,16 @@ def check_plans_joinable(context, name, others, configs, method_plans):
 
 def name_slots(model, state, name):
     """After an install: names the slot 0 of layers new to the model
-    `name`, and, in a model with several adapters, makes every adapter
-    layer switchable and points it at the active adapter."""
+    `name`, keeps every layer's slots in the order of the model's adapters
+    (an adapter that took more layers after others took theirs was added
+    last in those), and, in a model with several adapters, makes every
+    adapter layer switchable and points it at the active adapter."""
     layers = adapter_layers(model)
+    order = list(state.adapters)
     for layer in layers:
         if not layer.slot_names:
             layer.set_slot_names([name])
+        layer.order_slots(order)
     if len(state.adapters) > 1:
         for layer in layers:
             layer.enable_switching()

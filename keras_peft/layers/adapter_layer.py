@@ -302,16 +302,33 @@ class AdapterLayer(keras.layers.Layer):
     def remove_slot(self, name):
         """Drops the slot of adapter `name` and its values. Slot 0 (the
         layer's own variables) takes over slot 1's values and name; a
-        layer's only slot cannot be removed."""
+        layer's only slot cannot be removed. The layer keeps computing with
+        the adapter it computed with (with none, if that was `name`)."""
         slot = self.slot_names.index(name)
         if len(self.slot_names) == 1:
             raise ValueError(
                 f"Adapter {name!r} is the only one {self.path!r} holds; "
                 "remove the layer instead."
             )
+        with self._keeping_selection():
+            self._remove_slot(slot)
+
+    @contextlib.contextmanager
+    def _keeping_selection(self):
+        """Points `active_slot`, once the slots moved, at the adapter it
+        pointed at before (at no slot, if that one is gone)."""
+        switch = self.active_slot
+        names = self.slot_names
+        index = None if switch is None else int(ops.convert_to_numpy(switch))
+        yield
+        if switch is not None:
+            active = names[index] if index < len(names) else None
+            self.select(active)
+
+    def _remove_slot(self, slot):
         if slot == 0:
             self._swap_first_slots()
-            slot, name = 1, self.slot_names[1]
+            slot = 1
         rows = self._bank_rows()
         rows.pop(slot - 1)
         self._set_bank_rows(rows)
@@ -342,6 +359,28 @@ class AdapterLayer(keras.layers.Layer):
         self._set_slot_settings(1, first_settings)
         names[0], names[1] = names[1], names[0]
         self.set_slot_names(names)
+
+    def order_slots(self, names):
+        """Puts the slots in the order their names have in `names` (names
+        not in it last, as they are): values, per-slot settings and names.
+
+        A model keeps every layer's slots in the order of its adapters, so
+        that a model rebuilt by applying them in that order (`.keras`
+        loading) has the same slots, row for row, as the one saved.
+        """
+        held = list(self.slot_names)
+        rank = {name: k for k, name in enumerate(names)}
+        order = sorted(
+            range(len(held)), key=lambda s: rank.get(held[s], len(rank))
+        )
+        if order == list(range(len(held))):
+            return
+        settings = [self._settings_of(slot) for slot in order]
+        with self._keeping_selection():
+            self._rebuild_slots(order)
+            for slot, slot_settings in enumerate(settings):
+                self._set_slot_settings(slot, slot_settings)
+            self.set_slot_names([held[slot] for slot in order])
 
     def _rebuild_slots(self, order):
         """Makes every slot variable anew, slot `order[k]`'s values in
@@ -421,17 +460,75 @@ class AdapterLayer(keras.layers.Layer):
         values = []
         for variable in variables:
             # `.value`: read as the layer reads its variables (autocast).
-            stacked = self.slot_stack(variable, lambda v: v.value)
-            value = take_slot(stacked, index)
+            value = self.slot_value(variable, lambda v: v.value, index)
             values.append(self._scaled(variable.name, value, index))
         return tuple(values) if len(values) > 1 else values[0]
+
+    def slot_value(self, variable, read, index, past=None):
+        """Slot `index`'s value of slot-0 `variable` (read by `read`, at
+        the stacked shape `slot_stack` pads to), or `past` (default zeros)
+        for `index == len(slot_names)`; with `index` of shape `(batch,)`,
+        one per example, stacked. What `take_slot(slot_stack(...), index)`
+        gives, but only the rows taken are copied, not every slot's: a
+        bank of 100 slots is read, not stacked again on every call."""
+        i = self._template_index(variable)
+        own = ops.expand_dims(read(variable), 0)
+        index = ops.convert_to_tensor(index, "int32")
+        flat = ops.reshape(index, (-1,))
+        banks = self.bank_variables
+        count = len(self.__dict__["_slot_shapes"]) if banks else 0
+        if count:
+            row = ops.take(
+                read(banks[i]), ops.clip(flat - 1, 0, count - 1), axis=0
+            )
+            axis = self.padded_axes.get(variable.name)
+            if axis is not None:
+                axis = axis % len(variable.shape) + 1
+                row = self._row_without_padding(row, flat, i, axis)
+                size = max(own.shape[axis], row.shape[axis])
+                own, row = (_pad_to(x, axis, size) for x in (own, row))
+        if past is None:
+            past = ops.zeros_like(own)
+        else:
+            past = ops.cast(ops.expand_dims(past, 0), own.dtype)
+
+        def where(condition, a, b):
+            shape = (-1,) + (1,) * (len(own.shape) - 1)
+            return ops.where(ops.reshape(condition, shape), a, b)
+
+        if count:
+            in_bank = ops.logical_and(flat >= 1, flat <= count)
+            past = where(in_bank, row, past)
+        value = where(flat == 0, own, past)
+        return value if len(index.shape) else value[0]
+
+    def _row_without_padding(self, rows, flat, i, axis):
+        """`rows`, taken from the bank of slot-0 variable `i` at slots
+        `flat` (clipped into the bank), with their padding along `axis`
+        replaced by zeros, which take no gradient (see
+        `_without_padding`)."""
+        widths = [
+            shapes[i][axis - 1] for shapes in self.__dict__["_slot_shapes"]
+        ]
+        size = rows.shape[axis]
+        if min(widths) == size:
+            return rows
+        used = np.arange(size)[None, :] < np.array(widths)[:, None]
+        slots = ops.clip(flat - 1, 0, len(widths) - 1)
+        mask = ops.take(ops.convert_to_tensor(used), slots, axis=0)
+        shape = [-1] + [1] * (len(rows.shape) - 1)
+        shape[axis] = size
+        return ops.where(ops.reshape(mask, shape), rows, ops.zeros_like(rows))
+
+    def _template_index(self, variable):
+        template = self._template_variables()
+        return next(k for k, v in enumerate(template) if v is variable)
 
     def slot_stack(self, variable, read):
         """Every slot's value of slot-0 `variable`, stacked on a leading
         axis (padded along `padded_axes` to one shape): `read(variable)`,
         then the rows of its bank, read by `read` too."""
-        template = self._template_variables()
-        i = next(k for k, v in enumerate(template) if v is variable)
+        i = self._template_index(variable)
         own = ops.expand_dims(read(variable), 0)
         banks = self.bank_variables
         if not banks:

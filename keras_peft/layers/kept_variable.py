@@ -160,11 +160,13 @@ class KeptVariable(AdapterLayer):
         batch axis."""
         if not self.switched:
             return raw_value(self.own)
-        stacked = self.slot_stack(self.own, raw_value)
         # Past the last slot: the base model's own value.
-        base = ops.expand_dims(raw_value(self.base_variable), 0)
-        stacked = ops.concatenate([stacked, base], axis=0)
-        return ops.take(stacked, self._slot_index(), axis=0)
+        return self.slot_value(
+            self.own,
+            raw_value,
+            self._slot_index(),
+            past=raw_value(self.base_variable),
+        )
 
     def get_config(self):
         config = super().get_config()

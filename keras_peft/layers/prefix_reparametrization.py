@@ -109,17 +109,22 @@ class PrefixReparametrization(AdapterLayer):
         if not self.switched:
             return self._prefix(self._variables(), index)
         chosen = self._slot_index()
-        stacks = self._stacked_layer_weights(index)
+        readers = self._layer_readers(index)
         if not self.routed:
             # The active slot's weights, this layer's columns of the output
             # layer only: taking every slot's whole output kernel would
             # move `num_layers` times more.
             return self._layer_prefix(
-                [take_slot(stack, chosen) for stack in stacks]
+                [
+                    self.slot_value(variable, read, chosen)
+                    for variable, read in readers
+                ]
             )
         # Each slot's prefix, not the MLP's weights, is gathered per
         # example: the output kernel is far larger than the prefix.
-        embedding, hidden_kernel, hidden_bias, kernel, bias = stacks
+        embedding, hidden_kernel, hidden_bias, kernel, bias = [
+            self.slot_stack(variable, read) for variable, read in readers
+        ]
         hidden = ops.tanh(
             ops.matmul(embedding, hidden_kernel) + hidden_bias[:, None]
         )
@@ -129,9 +134,10 @@ class PrefixReparametrization(AdapterLayer):
         )
         return tuple(take_slot(outputs[:, :, k], chosen) for k in (0, 1))
 
-    def _stacked_layer_weights(self, index):
-        """Every slot's `_layer_weights` for layer `index`, each stacked on
-        a leading slot axis; the output layer cut before stacking."""
+    def _layer_readers(self, index):
+        """`(variable, read)` for each slot-0 variable: `read` gives what
+        `_layer_weights` takes of it for layer `index` (the output layer's
+        columns of that layer only)."""
         size = 2 * self.num_heads * self.head_dim
         start = index * size
 
@@ -139,7 +145,7 @@ class PrefixReparametrization(AdapterLayer):
             return variable.value[..., start : start + size]
 
         return [
-            self.slot_stack(variable, cut if k >= 3 else lambda v: v.value)
+            (variable, cut if k >= 3 else lambda v: v.value)
             for k, variable in enumerate(self._variables())
         ]
 

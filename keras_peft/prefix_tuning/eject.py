@@ -8,6 +8,7 @@ from keras_peft.core import layer_tree
 from keras_peft.core import recompile
 from keras_peft.core import state as state_lib
 from keras_peft.core import surgery
+from keras_peft.core import tf_distribute
 from keras_peft.layers.prefix_attention import PrefixAttention
 from keras_peft.prefix_tuning.config import PrefixTuningConfig
 
@@ -101,8 +102,9 @@ def eject_prefix(model):
             f"{type(model).__name__} has no reparametrized prefix to eject: "
             "apply `keras_peft.PrefixTuningConfig(reparam=True)` first."
         )
-    for layer in layers:
-        layer.eject()
+    with tf_distribute.creation_scope(context.model):
+        for layer in layers:
+            layer.eject()
     state = state_lib.get_state(context.backbone)
     for name, adapter in state.adapters.items():
         state = state.replaced(

@@ -51,3 +51,41 @@ def test_apply_inside_another_strategy_is_an_error():
             keras_peft.apply(model, keras_peft.LoRAConfig(rank=2))
     # Exact: the rejected call left the model as it was.
     helpers.assert_snapshot_equal(before, helpers.snapshot(model))
+
+
+def test_named_adapters_made_deleted_and_ejected_stay_distributed():
+    """Every variable slots are kept in (banks remade when an adapter is
+    added or deleted, prefixes made by `eject_prefix`) is made in the
+    model's strategy, outside its scope too, and the model trains."""
+    from keras_peft.core import switching
+
+    with _strategy().scope() as strategy:
+        model = CASE.build()
+    for name in ("a", "b", "c"):
+        keras_peft.apply(
+            model,
+            [
+                keras_peft.LoRAConfig(rank=2),
+                keras_peft.PrefixTuningConfig(length=2, reparam_hidden=4),
+            ],
+            name=name,
+        )
+    keras_peft.delete_adapter(model, "b")
+    keras_peft.eject_prefix(model)
+    # Slot 1 of each layer: a row of its banks.
+    keras_peft.set_active(model, "c")
+    layers = switching.adapter_layers(model)
+    banks = [bank for layer in layers for bank in layer.bank_variables]
+    assert banks
+    for variable in banks + [v for layer in layers for v in layer.weights]:
+        assert isinstance(variable.value, tf.distribute.DistributedValues), (
+            variable.path
+        )
+    with strategy.scope():
+        model.compile(optimizer=keras.optimizers.Adam(0.05), loss=CASE.loss)
+    before = [np.array(bank.numpy()) for bank in banks]
+    model.fit(CASE.inputs(), CASE.labels(), epochs=1, verbose=0)
+    assert any(
+        not np.array_equal(bank.numpy(), value)
+        for bank, value in zip(banks, before)
+    )

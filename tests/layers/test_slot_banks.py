@@ -144,6 +144,33 @@ def test_removing_slots_remakes_the_banks_narrower():
     assert len(layer.adapter_variables) == 2
 
 
+@pytest.mark.parametrize("order", [(1, 3, 2), (2, 4, 2)], ids=str)
+def test_slots_moving_keep_the_layer_on_its_adapter(order):
+    """Removing or reordering slots (of other ranks, or equal ones) moves
+    the active one: the layer keeps computing with the adapter it
+    computed with, and with none once that one is removed."""
+    layer, alone = _shared(list(order))
+    base = helpers.numpy(alone["a"].base_layer(X))
+    layer.select("c")
+    layer.order_slots(["c", "b", "a"])
+    assert layer.slot_names == ("c", "b", "a")
+    np.testing.assert_allclose(
+        helpers.numpy(layer(X)), helpers.numpy(alone["c"](X)), atol=1e-5
+    )
+    layer.remove_slot("b")
+    np.testing.assert_allclose(
+        helpers.numpy(layer(X)), helpers.numpy(alone["c"](X)), atol=1e-5
+    )
+    layer.remove_slot("c")  # Slot 0, the active one.
+    assert layer.slot_names == ("a",)
+    # Exact: no slot adds zeros.
+    np.testing.assert_array_equal(helpers.numpy(layer(X)), base)
+    layer.select("a")
+    np.testing.assert_allclose(
+        helpers.numpy(layer(X)), helpers.numpy(alone["a"](X)), atol=1e-5
+    )
+
+
 def test_a_bank_gets_gradients_only_in_the_active_slots_row():
     layer, _ = _shared([2, 4, 1])
     layer.select("b")
