@@ -484,7 +484,7 @@ class AdapterLayer(keras.layers.Layer):
             axis = self.padded_axes.get(variable.name)
             if axis is not None:
                 axis = axis % len(variable.shape) + 1
-                row = self._row_without_padding(row, flat, i, axis)
+                row = self._without_padding(row, i, axis, flat)
                 size = max(own.shape[axis], row.shape[axis])
                 own, row = (_pad_to(x, axis, size) for x in (own, row))
         if past is None:
@@ -501,24 +501,6 @@ class AdapterLayer(keras.layers.Layer):
             past = where(in_bank, row, past)
         value = where(flat == 0, own, past)
         return value if len(index.shape) else value[0]
-
-    def _row_without_padding(self, rows, flat, i, axis):
-        """`rows`, taken from the bank of slot-0 variable `i` at slots
-        `flat` (clipped into the bank), with their padding along `axis`
-        replaced by zeros, which take no gradient (see
-        `_without_padding`)."""
-        widths = [
-            shapes[i][axis - 1] for shapes in self.__dict__["_slot_shapes"]
-        ]
-        size = rows.shape[axis]
-        if min(widths) == size:
-            return rows
-        used = np.arange(size)[None, :] < np.array(widths)[:, None]
-        slots = ops.clip(flat - 1, 0, len(widths) - 1)
-        mask = ops.take(ops.convert_to_tensor(used), slots, axis=0)
-        shape = [-1] + [1] * (len(rows.shape) - 1)
-        shape[axis] = size
-        return ops.where(ops.reshape(mask, shape), rows, ops.zeros_like(rows))
 
     def _template_index(self, variable):
         template = self._template_variables()
@@ -549,21 +531,25 @@ class AdapterLayer(keras.layers.Layer):
         count = len(self.__dict__["_slot_shapes"])
         return value[:count] if value.shape[0] > count else value
 
-    def _without_padding(self, bank, i, axis):
-        """`bank` (the stacked value of slot-0 variable `i`, padded along
-        `axis`) with its padding replaced by zeros, which take no
-        gradient: the padding itself must never train (a bottleneck of
-        sigmoid units would otherwise pass it one)."""
+    def _without_padding(self, rows, i, axis, slots=None):
+        """`rows` (of the bank of slot-0 variable `i`, padded along
+        `axis`: every slot's in order, or those of `slots`, a tensor of
+        slot indices clipped into the bank) with their padding replaced by
+        zeros, which take no gradient: the padding itself must never train
+        (a bottleneck of sigmoid units would otherwise pass it one)."""
         widths = [
             shapes[i][axis - 1] for shapes in self.__dict__["_slot_shapes"]
         ]
-        size = bank.shape[axis]
+        size = rows.shape[axis]
         if min(widths) == size:
-            return bank
-        used = np.arange(size)[None, :] < np.array(widths)[:, None]
-        shape = [len(widths)] + [1] * (len(bank.shape) - 1)
+            return rows
+        mask = np.arange(size)[None, :] < np.array(widths)[:, None]
+        if slots is not None:
+            slots = ops.clip(slots - 1, 0, len(widths) - 1)
+            mask = ops.take(ops.convert_to_tensor(mask), slots, axis=0)
+        shape = [-1] + [1] * (len(rows.shape) - 1)
         shape[axis] = size
-        return ops.where(used.reshape(shape), bank, ops.zeros_like(bank))
+        return ops.where(ops.reshape(mask, shape), rows, ops.zeros_like(rows))
 
     def slot_scales(self, name):
         """Per slot, the factor variable `name` (slot 0's name) is
