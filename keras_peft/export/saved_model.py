@@ -177,6 +177,7 @@ def _write(tracked, task, endpoints, directory, include_preprocessor):
     archive.track(tracked)
     for name, fn, signature in endpoints:
         archive.add_endpoint(name, fn, input_signature=signature)
+    _track_each_variable_once(archive)
     if include_preprocessor:
         # Its lookup tables, if any, go along.
         archive.track(task.preprocessor)
@@ -184,3 +185,31 @@ def _write(tracked, task, endpoints, directory, include_preprocessor):
         os.path.realpath(os.fspath(directory)), may_replace=_may_replace
     ) as tmp:
         archive.write_out(tmp, verbose=False)
+
+
+def _track_each_variable_once(archive):
+    """Has `archive` track the TensorFlow variables inside the Keras
+    variables it tracks.
+
+    Keras' archive tracks a model's Keras variables, and, when it writes,
+    the TensorFlow variables its endpoints read: two objects per variable,
+    which the SavedModel stores twice and a server loads twice
+    (keras-team/keras#23553). Tracked as the TensorFlow variables
+    themselves, each is one object, stored and loaded once.
+    """
+    import tensorflow as tf
+
+    tracked = getattr(archive, "_tf_trackable", None)
+    if tracked is None:
+        # A Keras version without it: nothing to correct.
+        return
+    for name in ("variables", "trainable_variables", "non_trainable_variables"):
+        variables = getattr(tracked, name, None)
+        if variables is None:
+            continue
+        setattr(tracked, name, [_tf_variable(v, tf) for v in variables])
+
+
+def _tf_variable(variable, tf):
+    value = getattr(variable, "value", None)
+    return value if isinstance(value, tf.Variable) else variable

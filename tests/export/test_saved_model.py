@@ -185,6 +185,48 @@ def test_merged_lora_export_is_the_size_of_the_base_export(tmp_path):
     )
 
 
+def _stored_values(directory):
+    """The number of values the SavedModel's checkpoint holds."""
+    reader = tf.train.load_checkpoint(
+        os.path.join(directory, "variables", "variables")
+    )
+    return sum(
+        int(np.prod(shape))
+        for key, shape in reader.get_variable_to_shape_map().items()
+        if key != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    )
+
+
+@pytest.mark.parametrize("served", ["model", "multi_task"])
+def test_the_saved_model_stores_each_variable_once(served, tmp_path):
+    """Keras' export alone stores every variable twice, and a server
+    loads both (keras-team/keras#23553): the SavedModel holds the model's
+    values once, and serves them."""
+    case = helpers.MODEL_CASES["bert_classifier"]
+    model = case.build()
+    for name in ("a", "b"):
+        keras_peft.apply(model, keras_peft.LoRAConfig(rank=2), name=name)
+    helpers.randomize_trainable(model, scale=0.3)
+    inputs = case.inputs()
+    exported = model
+    if served == "multi_task":
+        exported = keras_peft.multi_task(model, ["a", "b"])
+        batch = len(inputs["token_ids"])
+        inputs = {**inputs, "task_ids": np.arange(batch, dtype="int32") % 2}
+    directory = os.path.join(tmp_path, "export")
+    keras_peft.export_saved_model(exported, directory, merge=False)
+    assert _stored_values(directory) == sum(
+        int(np.prod(v.shape)) for v in model.variables
+    )
+    loaded = tf.saved_model.load(directory)
+    # The same ops as the model's on the same values.
+    helpers.assert_outputs_close(
+        _numpy(loaded.serve(_tensors(inputs))),
+        exported.predict(inputs, verbose=0),
+        atol=1e-6,
+    )
+
+
 def test_replaces_an_earlier_export_and_refuses_other_directories(tmp_path):
     case = helpers.MODEL_CASES["bert_classifier"]
     directory = os.path.join(tmp_path, "export")
