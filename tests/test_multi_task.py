@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import keras_peft
+from keras_peft.core import multi_task
+from keras_peft.core import switching
 from keras_peft.layers import routing
 from tests import helpers
 from tests.test_named_adapters import SWITCHABLE
@@ -389,3 +391,62 @@ def test_a_server_follows_the_model_it_holds():
     keras_peft.delete_adapter(model, server.task_names[0])
     with pytest.raises(ValueError, match="no longer in the model"):
         server.predict(inputs, verbose=0)
+
+
+def test_layers_holding_the_same_adapters_route_each_example_once(
+    monkeypatch,
+):
+    case, model, server, _ = _server("bert_classifier")
+    made = []
+    new_plan = routing.Route._new_plan
+
+    def counted(route, table, count):
+        made.append((table, count))
+        return new_plan(route, table, count)
+
+    monkeypatch.setattr(routing.Route, "_new_plan", counted)
+    server({**case.inputs(), "task_ids": TASK_IDS})
+    layers = [
+        layer for layer in switching.adapter_layers(model) if layer.switchable
+    ]
+    tables = multi_task.slot_tables(model, server.task_names)
+    # One plan per distinct slot table, made as the route opened: no
+    # layer made one of its own.
+    assert sorted(made) == sorted(tables)
+    assert len(tables) < len(layers)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="counts graph nodes")
+@pytest.mark.parametrize("method", ["lora", "bitfit", "adapters", "houlsby"])
+def test_routing_adds_few_graph_nodes_per_adapter_variable(method):
+    # Every node of a served graph costs memory where it is loaded and
+    # run (about 20 KiB on TensorFlow 2.21, benchmarks/multi_task.py):
+    # routing per example must not cost a server a node count growing
+    # with every layer's own routing. Shared plans and values read only
+    # where an example can take them make about 20 nodes per adapter
+    # variable (each layer's own routing took 44 to 57); 30 leaves room
+    # for other TensorFlow and Keras releases.
+    import tensorflow as tf
+
+    case = helpers.MODEL_CASES["bert_classifier"]
+    x = {k: np.asarray(v) for k, v in case.inputs().items()}
+
+    def nodes(function, inputs):
+        specs = keras.tree.map_structure(
+            lambda v: tf.TensorSpec(v.shape, v.dtype), inputs
+        )
+        graph = tf.function(function).get_concrete_function(specs).graph
+        return len(graph.as_graph_def().node)
+
+    single = _named_model(case, [("a", SWITCHABLE[method]())])
+    model = _named_model(
+        case, [(name, SWITCHABLE[method]()) for name in ("a", "b")]
+    )
+    server = keras_peft.multi_task(model, ["a", "b"])
+    routed = nodes(server, {**x, "task_ids": np.zeros(4, "int32")})
+    variables = sum(
+        len(layer.slot_variables(0))
+        for layer in switching.adapter_layers(model)
+        if layer.switchable
+    )
+    assert routed - nodes(single, x) <= 30 * variables

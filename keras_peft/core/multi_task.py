@@ -14,6 +14,17 @@ from keras_peft.layers import routing
 TASK_IDS = "task_ids"
 
 
+def slot_tables(model, names):
+    """The distinct `AdapterLayer.slot_table`s of `model`'s switchable
+    adapter layers for adapters `names`: the plans a route for them makes
+    once (`routing.per_example`)."""
+    return {
+        layer.slot_table(names)
+        for layer in switching.adapter_layers(model)
+        if layer.switchable
+    }
+
+
 @keras.saving.register_keras_serializable(package="keras_peft")
 class MultiTaskModel(keras.Model):
     """A model whose examples each run with the adapter their task id picks.
@@ -68,7 +79,9 @@ class MultiTaskModel(keras.Model):
             )
         self._check_batch(inputs, task_ids)
         task_ids = ops.clip(task_ids, 0, len(self.task_names) - 1)
-        with routing.per_example(self.task_names, task_ids):
+        names = self.task_names
+        tables = slot_tables(self.task_model, names)
+        with routing.per_example(names, task_ids, tables):
             return self.task_model(inputs, training=training)
 
     def _check_tasks_held(self):
@@ -192,11 +205,11 @@ class MultiTaskModel(keras.Model):
         model = self.task_model
         step = type(model).generate_step.__get__(model)
         names = self.task_names
-
         decoder = type(model).call_decoder_with_cache.__get__(model)
 
         def routed_step(inputs, stop_token_ids=None):
             inputs = dict(inputs)
+            tables = slot_tables(model, names)
             task_ids = ops.clip(
                 ops.cast(inputs.pop(TASK_IDS), "int32"), 0, len(names) - 1
             )
@@ -208,12 +221,12 @@ class MultiTaskModel(keras.Model):
                 rows = ops.shape(kwargs["decoder_token_ids"])[0]
                 beams = rows // ops.shape(task_ids)[0]
                 ids = ops.repeat(task_ids, beams, axis=0)
-                with routing.per_example(names, ids):
+                with routing.per_example(names, ids, tables):
                     return decoder(**kwargs)
 
             model.call_decoder_with_cache = routed_decoder
             try:
-                with routing.per_example(names, task_ids):
+                with routing.per_example(names, task_ids, tables):
                     return step(inputs, stop_token_ids)
             finally:
                 del model.call_decoder_with_cache

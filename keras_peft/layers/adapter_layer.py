@@ -437,17 +437,30 @@ class AdapterLayer(keras.layers.Layer):
 
     def _slot_index(self):
         """The slot to compute with: a scalar, or one per example."""
-        route = routing.current()
-        if route is None:
-            return ops.convert_to_tensor(self.active_slot)
-        names, task_ids = route
+        return self._slot_plan().index
+
+    def slot_table(self, names):
+        """`(table, count)`: this layer's slot for each adapter of `names`
+        (`len(slot_names)`, none, for one it does not hold) and the slots
+        in its bank; layers of equal tables route examples alike."""
         held = self.slot_names
         # A layer built by hand (no names) serves every adapter.
-        table = [
+        table = tuple(
             held.index(n) if n in held else (len(held) if held else 0)
             for n in names
-        ]
-        return ops.take(ops.convert_to_tensor(table, "int32"), task_ids)
+        )
+        banks = self.bank_variables
+        return table, len(self.__dict__["_slot_shapes"]) if banks else 0
+
+    def _slot_plan(self):
+        """The `routing.SlotPlan` of the slot to compute with: the active
+        one, or while routed, each example's (the route's plan, shared
+        with the layers holding the same adapters)."""
+        route = routing.current()
+        if route is None:
+            index = ops.convert_to_tensor(self.active_slot)
+            return routing.SlotPlan(index, self.slot_table(())[1])
+        return route.plan(*self.slot_table(route.names))
 
     def slot_values(self, *variables):
         """The values to compute with in place of slot-0 `variables`: the
@@ -456,51 +469,49 @@ class AdapterLayer(keras.layers.Layer):
         each example's, stacked on a leading batch axis."""
         if not self.switched:
             return variables if len(variables) > 1 else variables[0]
-        index = self._slot_index()
+        plan = self._slot_plan()
         values = []
         for variable in variables:
             # `.value`: read as the layer reads its variables (autocast).
-            value = self.slot_value(variable, lambda v: v.value, index)
-            values.append(self._scaled(variable.name, value, index))
+            value = self.slot_value(variable, lambda v: v.value, plan)
+            values.append(self._scaled(variable.name, value, plan.index))
         return tuple(values) if len(values) > 1 else values[0]
 
-    def slot_value(self, variable, read, index, past=None):
-        """Slot `index`'s value of slot-0 `variable` (read by `read`, at
-        the stacked shape `slot_stack` pads to), or `past` (default zeros)
-        for `index == len(slot_names)`; with `index` of shape `(batch,)`,
-        one per example, stacked. What `take_slot(slot_stack(...), index)`
-        gives, but only the rows taken are copied, not every slot's: a
-        bank of 100 slots is read, not stacked again on every call."""
+    def slot_value(self, variable, read, plan, past=None):
+        """The value of slot-0 `variable` (read by `read`, at the stacked
+        shape `slot_stack` pads to) in the slot `plan` (a
+        `routing.SlotPlan`) picks, or `past` (default zeros) where it
+        picks none; with one slot per example, stacked. What
+        `take_slot(slot_stack(...), plan.index)` gives, but only the rows
+        taken are copied, not every slot's: a bank of 100 slots is read,
+        not stacked again on every call."""
         i = self._template_index(variable)
         own = ops.expand_dims(read(variable), 0)
-        index = ops.convert_to_tensor(index, "int32")
-        flat = ops.reshape(index, (-1,))
-        banks = self.bank_variables
-        count = len(self.__dict__["_slot_shapes"]) if banks else 0
-        if count:
-            row = ops.take(
-                read(banks[i]), ops.clip(flat - 1, 0, count - 1), axis=0
-            )
+        row = None
+        if plan.takes_bank:
+            row = ops.take(read(self.bank_variables[i]), plan.rows, axis=0)
             axis = self.padded_axes.get(variable.name)
             if axis is not None:
                 axis = axis % len(variable.shape) + 1
-                row = self._without_padding(row, i, axis, flat)
+                row = self._without_padding(row, i, axis, plan.flat)
                 size = max(own.shape[axis], row.shape[axis])
                 own, row = (_pad_to(x, axis, size) for x in (own, row))
-        if past is None:
-            past = ops.zeros_like(own)
+        own_mask, banked = plan.masks(len(own.shape))
+        # What no example takes is not read: a route of adapters every
+        # layer holds selects between two values, with one `where`.
+        if row is not None and not plan.takes_none:
+            value = row
         else:
-            past = ops.cast(ops.expand_dims(past, 0), own.dtype)
-
-        def where(condition, a, b):
-            shape = (-1,) + (1,) * (len(own.shape) - 1)
-            return ops.where(ops.reshape(condition, shape), a, b)
-
-        if count:
-            in_bank = ops.logical_and(flat >= 1, flat <= count)
-            past = where(in_bank, row, past)
-        value = where(flat == 0, own, past)
-        return value if len(index.shape) else value[0]
+            if past is None or not plan.takes_none:
+                # A scalar, spread by `where`: not a tensor of zeros.
+                value = ops.convert_to_tensor(0, own.dtype)
+            else:
+                value = ops.cast(ops.expand_dims(past, 0), own.dtype)
+            if row is not None:
+                value = ops.where(banked, row, value)
+        if plan.takes_own or row is None:
+            value = ops.where(own_mask, own, value)
+        return value if len(plan.index.shape) else value[0]
 
     def _template_index(self, variable):
         template = self._template_variables()
@@ -563,6 +574,9 @@ class AdapterLayer(keras.layers.Layer):
         scales = self.slot_scales(name)
         if scales is None:
             return value
+        if len(set(scales)) == 1:
+            # Where no slot is taken the value is zeros, whatever scales it.
+            return ops.multiply(value, ops.cast(scales[0], value.dtype))
         table = ops.convert_to_tensor(list(scales) + [1.0], "float32")
         scale = ops.cast(ops.take(table, index), value.dtype)
         if len(ops.shape(scale)):

@@ -164,7 +164,7 @@ class KeptVariable(AdapterLayer):
         return self.slot_value(
             self.own,
             raw_value,
-            self._slot_index(),
+            self._slot_plan(),
             past=raw_value(self.base_variable),
         )
 

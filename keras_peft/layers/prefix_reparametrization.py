@@ -108,7 +108,7 @@ class PrefixReparametrization(AdapterLayer):
             )
         if not self.switched:
             return self._prefix(self._variables(), index)
-        chosen = self._slot_index()
+        plan = self._slot_plan()
         readers = self._layer_readers(index)
         if not self.routed:
             # The active slot's weights, this layer's columns of the output
@@ -116,7 +116,7 @@ class PrefixReparametrization(AdapterLayer):
             # move `num_layers` times more.
             return self._layer_prefix(
                 [
-                    self.slot_value(variable, read, chosen)
+                    self.slot_value(variable, read, plan)
                     for variable, read in readers
                 ]
             )
@@ -132,7 +132,7 @@ class PrefixReparametrization(AdapterLayer):
         outputs = ops.reshape(
             outputs, (-1, self.length, 2, self.num_heads, self.head_dim)
         )
-        return tuple(take_slot(outputs[:, :, k], chosen) for k in (0, 1))
+        return tuple(take_slot(outputs[:, :, k], plan.index) for k in (0, 1))
 
     def _layer_readers(self, index):
         """`(variable, read)` for each slot-0 variable: `read` gives what

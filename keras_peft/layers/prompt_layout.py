@@ -43,7 +43,7 @@ def example_lengths(layer):
     if (
         route is not None
         and len(set(lengths)) == 1
-        and (not held or all(name in held for name in route[0]))
+        and (not held or all(name in held for name in route.names))
     ):
         return None
     table = ops.convert_to_tensor(lengths + [0], "int32")
