@@ -450,3 +450,31 @@ def test_routing_adds_few_graph_nodes_per_adapter_variable(method):
         if layer.switchable
     )
     assert routed - nodes(single, x) <= 30 * variables
+
+
+def test_a_server_of_some_adapters_computes_each_as_it_computes_alone():
+    # Slot 0's prompt (3 long) and a task without one, not the bank's
+    # prompt (5 long): the prompt still takes the model's widest layout,
+    # the one its mask is grown by.
+    case, model, _, expected = _server("bert_classifier", MIXED_PROMPT_TASKS)
+    names = keras_peft.adapter_names(model)
+    server = keras_peft.multi_task(model, list(names[:2]))
+    ids = np.array([1, 0, 1, 0], "int32")
+    inputs, labels = {**case.inputs(), "task_ids": ids}, case.labels()
+    outputs = helpers.numpy(server(inputs))
+    for row, task in enumerate(ids):
+        want = _rows(expected[names[task]], row)
+        helpers.assert_outputs_close(_rows(outputs, row), want, 1e-5)
+    # The adapter not served takes zero gradients, as an absent task does
+    # (not none: an optimizer would warn of variables without one).
+    trainable = server.trainable_weights
+    owners = _element_owners(model)
+
+    def loss(*_):
+        return case.loss(labels, server(inputs, training=False))
+
+    _, grads = helpers.gradients(loss, trainable)
+    assert all(grad is not None for grad in grads)
+    _assert_gradients_only_in(
+        grads, trainable, [_mask(owners, v, names[:2]) for v in trainable]
+    )

@@ -487,8 +487,11 @@ class AdapterLayer(keras.layers.Layer):
         not stacked again on every call."""
         i = self._template_index(variable)
         own = ops.expand_dims(read(variable), 0)
-        row = None
-        if plan.takes_bank:
+        # Slot 0 and the bank are read whatever the route takes: the value
+        # keeps the stacked shape the layer's other tensors are sized by
+        # (a prompt's mask), and every slot's variables take a gradient
+        # (zeros where no example takes them), as in any route.
+        if plan.count:
             row = ops.take(read(self.bank_variables[i]), plan.rows, axis=0)
             axis = self.padded_axes.get(variable.name)
             if axis is not None:
@@ -497,20 +500,17 @@ class AdapterLayer(keras.layers.Layer):
                 size = max(own.shape[axis], row.shape[axis])
                 own, row = (_pad_to(x, axis, size) for x in (own, row))
         own_mask, banked = plan.masks(len(own.shape))
-        # What no example takes is not read: a route of adapters every
-        # layer holds selects between two values, with one `where`.
-        if row is not None and not plan.takes_none:
-            value = row
+        # "None" holds no variable: where no example can take it (a route
+        # of adapters every layer holds), it is not read, and slot 0 and
+        # the bank row are picked with one `where`.
+        if past is None or not plan.takes_none:
+            # A scalar, spread by `where`: not a tensor of zeros.
+            value = ops.convert_to_tensor(0, own.dtype)
         else:
-            if past is None or not plan.takes_none:
-                # A scalar, spread by `where`: not a tensor of zeros.
-                value = ops.convert_to_tensor(0, own.dtype)
-            else:
-                value = ops.cast(ops.expand_dims(past, 0), own.dtype)
-            if row is not None:
-                value = ops.where(banked, row, value)
-        if plan.takes_own or row is None:
-            value = ops.where(own_mask, own, value)
+            value = ops.cast(ops.expand_dims(past, 0), own.dtype)
+        if plan.count:
+            value = ops.where(banked, row, value) if plan.takes_none else row
+        value = ops.where(own_mask, own, value)
         return value if len(plan.index.shape) else value[0]
 
     def _template_index(self, variable):

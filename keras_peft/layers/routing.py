@@ -34,17 +34,14 @@ class SlotPlan:
             `0` slot 0, `1..count` a bank row, `count + 1` none.
         count: int. The slots in the bank.
         table: the slots `index` takes its values from (a route's slot
-            table), or `None` for any: what no example can take, no
-            value is read for.
+            table), or `None` for any: where no example can take "none",
+            its value is not read.
     """
 
     def __init__(self, index, count, table=None):
         self.index = index
         self.count = count
-        slots = range(count + 2) if table is None else set(table)
-        self.takes_own = 0 in slots
-        self.takes_bank = any(1 <= slot <= count for slot in slots)
-        self.takes_none = any(slot > count for slot in slots)
+        self.takes_none = table is None or any(s > count for s in table)
         flat = ops.reshape(index, (-1,))
         self.flat = flat
         # Row `slot - 1` of the bank, clipped into it for examples of slot
