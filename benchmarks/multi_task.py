@@ -476,10 +476,10 @@ def report(memory, served, throughput, args, wall, loads):
         + f" (allowing {SERVED_NOISE_MIB} MiB for the noise of a process's "
         "resident size). Serving mixed batches at all costs "
         f"{served['pair']['rss_mib'] - served['one']['rss_mib']:.1f} MiB "
-        "more than the single-task model, whatever the number of tasks: "
-        "the routing per example, "
+        "more than the single-task model, whatever the number of tasks; "
+        "its served graph has "
         f"{served['pair']['graph_nodes'] - served['one']['graph_nodes']} "
-        "nodes more in the served graph, each loaded and run by "
+        "more nodes (the routing per example), each loaded and run by "
         "TensorFlow.",
         f"- Building, in the process that applied them: {rss_growth:.0f} MiB "
         f"more with {args.tasks} tasks (one active) than with one, of "
