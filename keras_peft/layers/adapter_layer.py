@@ -437,6 +437,8 @@ class AdapterLayer(keras.layers.Layer):
 
     def _slot_index(self):
         """The slot to compute with: a scalar, or one per example."""
+        if routing.current() is None:
+            return ops.convert_to_tensor(self.active_slot)
         return self._slot_plan().index
 
     def slot_table(self, names):
