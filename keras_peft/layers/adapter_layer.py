@@ -451,8 +451,11 @@ class AdapterLayer(keras.layers.Layer):
             held.index(n) if n in held else (len(held) if held else 0)
             for n in names
         )
-        banks = self.bank_variables
-        return table, len(self.__dict__["_slot_shapes"]) if banks else 0
+        return table, self._bank_count()
+
+    def _bank_count(self):
+        """The slots held in the bank (every slot but slot 0)."""
+        return len(self.__dict__["_slot_shapes"]) if self.bank_variables else 0
 
     def _slot_plan(self):
         """The `routing.SlotPlan` of the slot to compute with: the active
@@ -461,7 +464,7 @@ class AdapterLayer(keras.layers.Layer):
         route = routing.current()
         if route is None:
             index = ops.convert_to_tensor(self.active_slot)
-            return routing.SlotPlan(index, self.slot_table(())[1])
+            return routing.SlotPlan(index, self._bank_count())
         return route.plan(*self.slot_table(route.names))
 
     def slot_values(self, *variables):
@@ -495,12 +498,7 @@ class AdapterLayer(keras.layers.Layer):
         # (zeros where no example takes them), as in any route.
         if plan.count:
             row = ops.take(read(self.bank_variables[i]), plan.rows, axis=0)
-            axis = self.padded_axes.get(variable.name)
-            if axis is not None:
-                axis = axis % len(variable.shape) + 1
-                row = self._without_padding(row, i, axis, plan.flat)
-                size = max(own.shape[axis], row.shape[axis])
-                own, row = (_pad_to(x, axis, size) for x in (own, row))
+            own, row = self._aligned(variable, own, row, plan.flat)
         own_mask, banked = plan.masks(len(own.shape))
         # "None" holds no variable: where no example can take it (a route
         # of adapters every layer holds), it is not read, and slot 0 and
@@ -528,20 +526,30 @@ class AdapterLayer(keras.layers.Layer):
         banks = self.bank_variables
         if not banks:
             return own
-        bank = self._bank_value(banks[i], read)
-        axis = self.padded_axes.get(variable.name)
-        if axis is not None:
-            axis = axis % len(variable.shape) + 1
-            bank = self._without_padding(bank, i, axis)
-            size = max(own.shape[axis], bank.shape[axis])
-            own, bank = (_pad_to(x, axis, size) for x in (own, bank))
+        own, bank = self._aligned(
+            variable, own, self._bank_value(banks[i], read)
+        )
         return ops.concatenate([own, bank], axis=0)
+
+    def _aligned(self, variable, own, rows, slots=None):
+        """`own` (slot-0 `variable`'s value, on a leading axis) and `rows`
+        (of its bank: every slot's, or those of `slots`), their padding
+        zeroed (`_without_padding`) and both padded to one shape along
+        `variable`'s padded axis, if it has one."""
+        axis = self.padded_axes.get(variable.name)
+        if axis is None:
+            return own, rows
+        axis = axis % len(variable.shape) + 1
+        i = self._template_index(variable)
+        rows = self._without_padding(rows, i, axis, slots)
+        size = max(own.shape[axis], rows.shape[axis])
+        return _pad_to(own, axis, size), _pad_to(rows, axis, size)
 
     def _bank_value(self, bank, read):
         """`read(bank)`, its rows for the slots it holds only (not the room
         for more)."""
         value = read(bank)
-        count = len(self.__dict__["_slot_shapes"])
+        count = self._bank_count()
         return value[:count] if value.shape[0] > count else value
 
     def _without_padding(self, rows, i, axis, slots=None):
